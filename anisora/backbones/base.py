@@ -1,0 +1,111 @@
+"""The backbone adapter contract: everything a method needs from a model family, nothing more.
+
+A method (SFT, distillation, preference tuning) talks to a backbone only through this class, so
+adding a model family touches `backbones/` and `conf/model/` and never a method. Tensors follow
+diffusers' video layout: pixels (B, 3, F, H, W) in [-1, 1]; latents (B, C, T, h, w).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from anisora.config.errors import ConfigError
+
+
+@dataclass
+class Conditioning:
+    """What the denoiser needs besides the noisy latent and the timestep."""
+
+    text: torch.Tensor  # (B, L, D) text embeddings
+    guide: torch.Tensor  # (B, Cg, T, h, w) guidance channels concatenated to the noisy latent
+    image: torch.Tensor | None = None  # (B, N, Di) image-encoder tokens, when the family uses them
+
+    def select(self, index: torch.Tensor | slice) -> Conditioning:
+        return Conditioning(self.text[index], self.guide[index], None if self.image is None else self.image[index])
+
+    @staticmethod
+    def cat(parts: list[Conditioning]) -> Conditioning:
+        images = [p.image for p in parts]
+        return Conditioning(
+            torch.cat([p.text for p in parts]),
+            torch.cat([p.guide for p in parts]),
+            None if any(i is None for i in images) else torch.cat(images),
+        )
+
+
+class BackboneAdapter(nn.Module, ABC):
+    """One model family: latent codec, encoders, guidance layout, denoiser and objective."""
+
+    #: training objective: "flow_match" (velocity = noise - x0) or "v_pred" (DDPM v-prediction)
+    objective: str = "flow_match"
+    #: pixel frames per latent frame after the first, and pixels per latent cell
+    temporal_factor: int = 4
+    spatial_factor: int = 8
+    #: the denoiser's patch size (t, h, w) on the latent grid
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    latent_channels: int = 16
+
+    @abstractmethod
+    def encode_video(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels (B, 3, F, H, W) in [-1, 1] -> normalised latents (B, C, T, h, w)."""
+
+    @abstractmethod
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents -> pixels in [-1, 1]."""
+
+    @abstractmethod
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts -> text embeddings (B, L, D); the empty prompt is the unconditional one."""
+
+    @abstractmethod
+    def condition(self, guide_video: torch.Tensor, guide_mask: torch.Tensor) -> torch.Tensor:
+        """The (G, M) pair -> the family's guidance channels on the latent grid."""
+
+    def encode_image(self, guide_video: torch.Tensor, guide_mask: torch.Tensor) -> torch.Tensor | None:
+        """Image-encoder tokens of the first guide frame, for families that use them."""
+        return None
+
+    @abstractmethod
+    def denoise(self, noisy: torch.Tensor, timestep: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The model output for the objective (velocity for flow matching)."""
+
+    def trainable_modules(self) -> list[nn.Module]:
+        """Modules whose parameters the method optimises."""
+        return [self.denoiser]
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(C, T, h, w) of a clip; raises a one-line ConfigError when the clip does not fit the grid."""
+        self.check_clip_shape(num_frames, height, width)
+        t = (num_frames - 1) // self.temporal_factor + 1
+        return self.latent_channels, t, height // self.spatial_factor, width // self.spatial_factor
+
+    def check_clip_shape(self, num_frames: int, height: int, width: int, prefix: str = "data") -> None:
+        check_clip_shape(num_frames, height, width, self.temporal_factor, self.spatial_factor, self.patch_size[1],
+                         prefix)
+
+    def conditioning(self, prompts: list[str], guide_video: torch.Tensor, guide_mask: torch.Tensor) -> Conditioning:
+        """All conditioning for a batch in one call."""
+        return Conditioning(
+            text=self.encode_prompt(prompts),
+            guide=self.condition(guide_video, guide_mask),
+            image=self.encode_image(guide_video, guide_mask),
+        )
+
+
+def check_clip_shape(num_frames: int, height: int, width: int, temporal_factor: int, spatial_factor: int,
+                     patch: int, prefix: str = "data") -> None:
+    """Fail fast on a frame count or a size the latent and patch grids cannot represent."""
+    tf = temporal_factor
+    if num_frames < 1 or (num_frames - 1) % tf:
+        raise ConfigError(f"{prefix}.num_frames", f"must be {tf}n+1 (e.g. {tf + 1}, {4 * tf + 1}), got {num_frames}")
+    grid = spatial_factor * patch
+    for key, value in (("height", height), ("width", width)):
+        if value <= 0 or value % grid:
+            raise ConfigError(
+                f"{prefix}.{key}",
+                f"must be a positive multiple of {grid} (latent x{spatial_factor}, patch {patch}), got {value}",
+            )

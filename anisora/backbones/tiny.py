@@ -1,0 +1,120 @@
+"""The tiny backbone: Wan2.1's I2V code path at CPU size.
+
+Same WanTransformer3DModel, mask folding and conditioning as Wan2.1-14B; the VAE is replaced by a
+lossless space-to-depth codec (same temporal x4 grouping with the first frame alone), and the text
+encoder is a small UMT5 over a word-level vocabulary built offline with `tokenizers`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import WanTransformer3DModel
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from torch import nn
+from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+from anisora.backbones.text_encoders import UMT5PromptEncoder
+from anisora.backbones.wan import WanI2VBackbone
+from anisora.data import synthetic
+
+SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
+
+
+class SpaceToDepthCodec(nn.Module):
+    """A lossless 'VAE': frame 0 alone, then groups of `temporal_factor` frames, each folded with
+    `spatial_factor` x `spatial_factor` pixel blocks into channels (like Wan's VAE strides)."""
+
+    def __init__(self, spatial_factor: int = 2, temporal_factor: int = 4, scale: float = 1.0) -> None:
+        super().__init__()
+        self.spatial_factor = spatial_factor
+        self.temporal_factor = temporal_factor
+        self.channels = 3 * temporal_factor * spatial_factor**2
+        self.scale = scale
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        b, c, f, h, w = pixels.shape
+        tf, s = self.temporal_factor, self.spatial_factor
+        if (f - 1) % tf or h % s or w % s:
+            raise ValueError(f"clip of {f} frames at {h}x{w} does not fit the {tf}n+1 / x{s} latent grid")
+        x = torch.cat([pixels[:, :, :1].expand(b, c, tf, h, w), pixels[:, :, 1:]], dim=2)
+        t = x.shape[2] // tf
+        x = x.reshape(b, c, t, tf, h // s, s, w // s, s)
+        x = x.permute(0, 3, 1, 5, 7, 2, 4, 6)  # (B, tf, C, s, s, T, h, w)
+        return x.reshape(b, self.channels, t, h // s, w // s) * self.scale
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        b, _, t, h, w = latents.shape
+        tf, s = self.temporal_factor, self.spatial_factor
+        x = (latents / self.scale).reshape(b, tf, 3, s, s, t, h, w)
+        x = x.permute(0, 2, 5, 1, 6, 3, 7, 4).reshape(b, 3, t, tf, h * s, w * s)
+        first = x[:, :, 0].mean(dim=2, keepdim=True)  # the repeated first frame, averaged
+        rest = x[:, :, 1:].reshape(b, 3, (t - 1) * tf, h * s, w * s)
+        return torch.cat([first, rest], dim=2)
+
+
+def world_vocabulary() -> list[str]:
+    """Every word the synthetic world's captions use, plus digits and punctuation."""
+    words = {"a", "moves", "across", "the", "aesthetic", "motion", "score", "there", "is", "no", "text", "in",
+             "video", "and", "of", "fast", "slow", "still", ".", ",", ":"}
+    words |= set(synthetic.DIRECTIONS) | set(synthetic.SPRITE_COLOURS) | set(synthetic.SUBJECTS)
+    words |= set(synthetic.SCENES) | {str(d) for d in range(10)}
+    return sorted(words)
+
+
+def word_tokenizer(vocabulary: list[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer that needs no download; unknown words map to <unk>."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for word in vocabulary:
+        vocab.setdefault(word, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    tk.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_input_names=["input_ids", "attention_mask"])
+
+
+@dataclass
+class TinyBackboneSpec:
+    spatial_factor: int = 2
+    latent_scale: float = 1.0
+    num_layers: int = 4
+    num_attention_heads: int = 4
+    attention_head_dim: int = 32
+    ffn_dim: int = 256
+    freq_dim: int = 64
+    text_dim: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    max_sequence_length: int = 32
+    init_seed: int = 0
+
+
+def build(**fields) -> WanI2VBackbone:
+    """Hydra target of `conf/model/tiny.yaml`: keyword arguments are TinyBackboneSpec fields."""
+    return build_tiny_backbone(TinyBackboneSpec(**fields))
+
+
+def build_tiny_backbone(spec: TinyBackboneSpec) -> WanI2VBackbone:
+    """Builds the components from `init_seed`, so the same spec always gives the same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.init_seed)
+        codec = SpaceToDepthCodec(spec.spatial_factor, 4, spec.latent_scale)
+        tokenizer = word_tokenizer(world_vocabulary())
+        encoder = UMT5EncoderModel(UMT5Config(
+            vocab_size=len(tokenizer), d_model=spec.text_dim, d_kv=spec.text_dim // spec.text_heads,
+            d_ff=2 * spec.text_dim, num_layers=spec.text_layers, num_heads=spec.text_heads,
+            relative_attention_num_buckets=8, dropout_rate=0.0,
+        )).eval().requires_grad_(False)
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=spec.num_attention_heads,
+            attention_head_dim=spec.attention_head_dim, in_channels=2 * codec.channels + 4,
+            out_channels=codec.channels, text_dim=spec.text_dim, freq_dim=spec.freq_dim, ffn_dim=spec.ffn_dim,
+            num_layers=spec.num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=64,
+        )
+    prompt_encoder = UMT5PromptEncoder(tokenizer, encoder, spec.max_sequence_length)
+    return WanI2VBackbone(transformer, codec, prompt_encoder)

@@ -1,0 +1,199 @@
+"""Typed schemas behind every config group.
+
+Each group's YAML carries values only; the dataclass here says which keys exist and what they
+may hold. Hydra/OmegaConf reject unknown keys and ill-typed values while composing; the
+`choices`/`min`/`max` metadata below are checked by `anisora.config.validate` before any model is
+built, so every bad value fails in one line that names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+
+def choice(default: str, *choices: str) -> Any:
+    return field(default=default, metadata={"choices": (default, *choices)})
+
+
+def bounded(default: float | int | None, lo: float | None = None, hi: float | None = None) -> Any:
+    return field(default=default, metadata={"min": lo, "max": hi})
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "${hydra:runtime.cwd}"
+    log_dir: str = "${paths.root_dir}/outputs"
+    output_dir: str = "${hydra:runtime.output_dir}"
+
+
+@dataclass
+class AcceleratorConfig:
+    """Where and how tensors run; the Lightning trainer and inference both read it."""
+
+    name: str = choice("auto", "cpu", "gpu", "npu")
+    devices: Any = 1
+    precision: str = choice("32-true", "bf16-mixed", "bf16-true", "16-mixed")
+    strategy: str = "auto"
+    attention_backend: Optional[str] = None  # diffusers attention backend name; None keeps the default
+    num_threads: Optional[int] = bounded(None, 1)  # CPU intra-op threads; None keeps torch's default
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = choice("flow_match")
+    shift: float = bounded(1.0, 0.01)
+    timestep_sampling: str = choice("uniform", "logit_normal")
+
+
+@dataclass
+class TinyModelConfig:
+    """The tiny Wan2.1-I2V-layout backbone (see anisora.backbones.tiny)."""
+
+    _target_: str = "anisora.backbones.tiny.build"
+    kind: str = choice("tiny")
+    spatial_factor: int = bounded(2, 1)
+    latent_scale: float = bounded(2.0, 1e-6)
+    num_layers: int = bounded(4, 1)
+    num_attention_heads: int = bounded(3, 1)
+    attention_head_dim: int = bounded(32, 2)
+    ffn_dim: int = bounded(192, 1)
+    freq_dim: int = bounded(64, 2)
+    text_dim: int = bounded(64, 2)
+    text_layers: int = bounded(2, 1)
+    text_heads: int = bounded(4, 1)
+    max_sequence_length: int = bounded(32, 4)
+    init_seed: int = 0
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+
+
+@dataclass
+class DataConfig:
+    """Training clips. `synthetic` renders the tiny anime world on the fly (anisora.data.synthetic)."""
+
+    kind: str = choice("synthetic")
+    num_frames: int = 17
+    height: int = 32
+    width: int = 32
+    sprite_size: int = bounded(9, 3)
+    seed: int = 0
+    batch_size: int = bounded(8, 1)
+    num_workers: int = bounded(0, 0)
+    val_clips: int = bounded(4, 1)
+
+
+@dataclass
+class GuideConfig:
+    """The spatiotemporal guide: which frames are given (inference) or how they are drawn (training)."""
+
+    mode: str = choice("i2v", "flf2v", "train_random")
+    indices: list[int] = field(default_factory=lambda: [0])  # frame index per guide; negative counts from the end
+    frames: list[str] = field(default_factory=list)  # image paths, one per index; empty = benchmark clips
+    p_random_main: float = bounded(0.5, 0.0, 1.0)
+    p_second: float = bounded(0.5, 0.0, 1.0)
+    p_drop_guides: float = bounded(0.05, 0.0, 1.0)
+    p_drop_text: float = bounded(0.1, 0.0, 1.0)
+
+
+@dataclass
+class SamplerConfig:
+    name: str = choice("euler", "unipc")
+    num_steps: int = bounded(30, 1)
+    shift: float = bounded(3.0, 0.01)
+    guidance_scale: float = bounded(5.0, 0.0)
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = bounded(1e-3, 0.0)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    weight_decay: float = bounded(0.01, 0.0)
+    eps: float = bounded(1e-8, 0.0)
+    warmup_steps: int = bounded(100, 0)
+    ema_decay: float = bounded(0.0, 0.0, 1.0)  # 0 disables EMA
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = bounded(1500, 1)
+    val_every_n_steps: int = bounded(500, 1)
+    log_every_n_steps: int = bounded(25, 1)
+    gradient_clip_val: float = bounded(1.0, 0.0)
+    accumulate_grad_batches: int = bounded(1, 1)
+    deterministic: bool = False
+
+
+@dataclass
+class CallbacksConfig:
+    checkpoint_every_n_steps: int = bounded(250, 1)
+    progress_bar: str = choice("tqdm", "rich", "none")
+    lr_monitor: bool = True
+    sample_videos: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = choice("wandb", "csv", "none")
+    project: str = "anisora"
+    entity: Optional[str] = None
+    offline: bool = True
+    log_videos: bool = True
+
+
+@dataclass
+class OutputConfig:
+    frames: str = choice("none", "png")
+    fps: int = bounded(8, 1)
+    contact_sheet: bool = True
+
+
+@dataclass
+class TrainTaskConfig:
+    task_name: str = "train"
+    seed: int = 0
+    ckpt_path: Optional[str] = None  # "last" resumes the newest last.ckpt under paths.log_dir/train
+    model: Any = MISSING
+    data: DataConfig = MISSING
+    guide: GuideConfig = MISSING
+    sampler: SamplerConfig = MISSING
+    accelerator: AcceleratorConfig = MISSING
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = MISSING
+    callbacks: CallbacksConfig = MISSING
+    logger: LoggerConfig = MISSING
+    paths: PathsConfig = MISSING
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class InferTaskConfig:
+    task_name: str = "infer"
+    seed: int = 0
+    ckpt: str = "latest"  # a Lightning .ckpt, or "latest" = the newest one train.py wrote
+    prompt: Optional[str] = None  # overrides the benchmark captions
+    negative_prompt: str = ""
+    num_clips: int = bounded(4, 1)  # benchmark clips to guide from when no guide.frames are given
+    model: Any = MISSING
+    guide: GuideConfig = MISSING
+    sampler: SamplerConfig = MISSING
+    accelerator: AcceleratorConfig = MISSING
+    out: OutputConfig = field(default_factory=OutputConfig)
+    paths: PathsConfig = MISSING
+
+
+@dataclass
+class EvaluateTaskConfig:
+    task_name: str = "evaluate"
+    seed: int = 0
+    ckpt: str = "latest"
+    videos: Optional[str] = None  # score a folder of mp4 files instead of generating
+    num_clips: int = bounded(32, 1)
+    batch_size: int = bounded(16, 1)
+    model: Any = MISSING
+    guide: GuideConfig = MISSING
+    sampler: SamplerConfig = MISSING
+    accelerator: AcceleratorConfig = MISSING
+    logger: LoggerConfig = MISSING
+    paths: PathsConfig = MISSING

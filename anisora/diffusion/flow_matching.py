@@ -1,0 +1,35 @@
+"""Rectified-flow training targets: x_s = (1 - s) x0 + s noise, the model predicts noise - x0."""
+
+from __future__ import annotations
+
+import torch
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def shift_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
+    """The timestep shift of SD3/Wan: more steps at high noise when shift > 1."""
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def sample_sigmas(batch: int, shift: float, generator: torch.Generator, scheme: str = "uniform",
+                  logit_mean: float = 0.0, logit_std: float = 1.0) -> torch.Tensor:
+    """Training noise levels in (0, 1): uniform or logit-normal, then shifted."""
+    if scheme == "uniform":
+        u = torch.rand(batch, generator=generator)
+    elif scheme == "logit_normal":
+        u = torch.sigmoid(logit_mean + logit_std * torch.randn(batch, generator=generator))
+    else:
+        raise ValueError(f"objective.timestep_sampling: expected uniform or logit_normal, got {scheme!r}")
+    return shift_sigmas(u.clamp(1e-5, 1 - 1e-5), shift)
+
+
+def noisy_sample(x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_sigma, velocity target) for flow matching."""
+    s = sigmas.view(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
+    return (1 - s) * x0 + s * noise, noise - x0
+
+
+def timesteps_from_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
+    """The DiT's timestep input, on the same 0..1000 scale diffusers' flow schedulers use."""
+    return sigmas * NUM_TRAIN_TIMESTEPS

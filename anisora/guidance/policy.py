@@ -1,0 +1,34 @@
+"""The training-time draw of guide frames and text dropout (AniSora V1's policy by default)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class GuideDraw:
+    frames: tuple[int, ...]  # pixel frame indices kept as guides (empty = unconditional)
+    drop_text: bool
+
+
+@dataclass(frozen=True)
+class TrainGuidePolicy:
+    """Main guide: a random frame with p_random_main, else the first; a second random guide with
+    p_second; all guides dropped with p_drop_guides; the caption dropped with p_drop_text."""
+
+    p_random_main: float = 0.5
+    p_second: float = 0.5
+    p_drop_guides: float = 0.05
+    p_drop_text: float = 0.1
+
+    def draw(self, num_frames: int, generator: torch.Generator) -> GuideDraw:
+        u = torch.rand(5, generator=generator).tolist()
+        idx = torch.randint(0, num_frames, (2,), generator=generator).tolist()
+        frames = [idx[0] if u[0] < self.p_random_main else 0]
+        if u[1] < self.p_second:
+            frames.append(idx[1])
+        if u[2] < self.p_drop_guides:
+            frames = []
+        return GuideDraw(frames=tuple(sorted(set(frames))), drop_text=u[3] < self.p_drop_text)

@@ -1,0 +1,40 @@
+"""Generation from a backbone: (G, M) + prompts + seeds -> uint8 video frames.
+
+Training validation, infer.py and evaluate.py all sample through this one function.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from anisora.backbones.base import BackboneAdapter, Conditioning
+from anisora.diffusion.sampling import SamplerSpec, sample
+
+
+def to_uint8_frames(pixels: torch.Tensor) -> np.ndarray:
+    """(B, 3, F, H, W) in [-1, 1] -> (B, F, H, W, 3) uint8."""
+    video = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return video.permute(0, 2, 3, 4, 1).cpu().numpy()
+
+
+def from_uint8_frames(frames: np.ndarray) -> torch.Tensor:
+    """(F, H, W, 3) or (B, F, H, W, 3) uint8 -> channels-first floats in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float() / 127.5 - 1.0
+    return x.permute(3, 0, 1, 2) if x.ndim == 4 else x.permute(0, 4, 1, 2, 3)
+
+
+@torch.no_grad()
+def generate(backbone: BackboneAdapter, prompts: list[str], guide_video: torch.Tensor, guide_mask: torch.Tensor,
+             seeds: list[int], spec: SamplerSpec, negative_prompt: str = "", progress: bool = False) -> np.ndarray:
+    """Sample one clip per prompt; G is (B, 3, F, H, W) in [-1, 1] and M is (B, F, H, W)."""
+    device = next(backbone.denoiser.parameters()).device
+    guide_video, guide_mask = guide_video.to(device), guide_mask.to(device)
+    _, _, f, h, w = guide_video.shape
+    cond = backbone.conditioning(prompts, guide_video, guide_mask)
+    uncond = None
+    if spec.guidance_scale != 1.0:
+        negative = backbone.encode_prompt([negative_prompt] * len(prompts))
+        uncond = Conditioning(text=negative, guide=cond.guide, image=cond.image)  # same guide, no caption
+    latents = sample(backbone, cond, uncond, backbone.latent_shape(f, h, w), seeds, spec, progress=progress)
+    return to_uint8_frames(backbone.decode_latents(latents))

@@ -1,0 +1,108 @@
+"""Supervised fine-tuning (and training from scratch) with the backbone's objective.
+
+Every random draw of a training sample (guide frames, caption dropout, noise level, noise) comes
+from a generator seeded by that sample's own seed, so a resumed run repeats an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+
+from anisora.backbones import build_backbone
+from anisora.diffusion.flow_matching import noisy_sample, sample_sigmas, timesteps_from_sigmas
+from anisora.diffusion.sampling import SamplerSpec
+from anisora.guidance.pair import pair_from_video
+from anisora.guidance.policy import TrainGuidePolicy
+
+
+class SFTMethod(pl.LightningModule):
+    """Flow-matching SFT of any backbone adapter; configs are plain dicts so checkpoints rebuild it."""
+
+    def __init__(self, model: dict[str, Any], guide: dict[str, Any], optimizer: dict[str, Any],
+                 sampler: dict[str, Any], max_steps: int, data: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()  # `data` tells infer.py the clip size (and world) it was trained on
+        self.backbone = build_backbone(model)
+        objective = model.get("objective", {})
+        self.shift = float(objective.get("shift", 1.0))
+        self.timestep_sampling = str(objective.get("timestep_sampling", "uniform"))
+        self.policy = TrainGuidePolicy(
+            p_random_main=guide["p_random_main"], p_second=guide["p_second"],
+            p_drop_guides=guide["p_drop_guides"], p_drop_text=guide["p_drop_text"],
+        )
+        self.sampler_spec = SamplerSpec(**sampler)
+        self.ema_decay = float(optimizer.get("ema_decay", 0.0))
+        self.ema = copy.deepcopy(self.backbone.denoiser).requires_grad_(False) if self.ema_decay > 0 else None
+
+    # ----------------------------------------------------------------- training
+    def training_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Per-sample draws -> model inputs and targets."""
+        video = batch["video"]
+        frames = video.shape[2]
+        captions, guides, masks, noises, sigmas = [], [], [], [], []
+        x0 = self.backbone.encode_video(video)
+        for i, seed in enumerate(batch["seed"]):
+            gen = torch.Generator("cpu").manual_seed(int(seed))
+            draw = self.policy.draw(frames, gen)
+            g, m = pair_from_video(video[i].cpu(), draw.frames)
+            guides.append(g)
+            masks.append(m)
+            captions.append("" if draw.drop_text else batch["caption"][i])
+            sigmas.append(sample_sigmas(1, self.shift, gen, self.timestep_sampling))
+            noises.append(torch.randn(x0.shape[1:], generator=gen))
+        sigma = torch.cat(sigmas).to(self.device)
+        noise = torch.stack(noises).to(self.device, x0.dtype)
+        guide, mask = torch.stack(guides).to(self.device), torch.stack(masks).to(self.device)
+        cond = self.backbone.conditioning(captions, guide, mask)
+        noisy, target = noisy_sample(x0, noise, sigma)
+        return {"noisy": noisy, "target": target, "timestep": timesteps_from_sigmas(sigma), "cond": cond}
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        with torch.no_grad():
+            inputs = self.training_batch(batch)
+        pred = self.backbone.denoise(inputs["noisy"], inputs["timestep"], inputs["cond"])
+        loss = F.mse_loss(pred.float(), inputs["target"].float())
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["seed"]))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema is not None:
+            with torch.no_grad():
+                for e, p in zip(self.ema.parameters(), self.backbone.denoiser.parameters()):
+                    e.lerp_(p.detach(), 1.0 - self.ema_decay)
+
+    def configure_optimizers(self):
+        cfg = self.hparams.optimizer
+        params = [p for m in self.backbone.trainable_modules() for p in m.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"],
+                                eps=cfg["eps"])
+        warmup, total = int(cfg["warmup_steps"]), int(self.hparams.max_steps)
+
+        def schedule(step: int) -> float:  # linear warm-up, then cosine to 10 %
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ----------------------------------------------------------------- sampling
+    def sampling_denoiser(self) -> torch.nn.Module:
+        return self.ema if self.ema is not None else self.backbone.denoiser
+
+    def use_ema_weights(self) -> None:
+        """Copy EMA weights into the backbone (for export and inference after loading)."""
+        if self.ema is not None:
+            self.backbone.denoiser.load_state_dict(self.ema.state_dict())
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        from anisora.methods.validation import validate_samples
+
+        validate_samples(self, batch)

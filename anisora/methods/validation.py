@@ -1,0 +1,59 @@
+"""Sampling at validation: guided by each validation clip's first frame and caption."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+
+from anisora.evaluation.metrics import aggregate, score_clip
+from anisora.guidance.pair import pair_from_video
+from anisora.inference.pipeline import generate, to_uint8_frames
+from anisora.inference.video_io import write_mp4
+
+
+def validate_samples(method: pl.LightningModule, batch: dict[str, Any]) -> None:
+    """Generate, score against the clips' ground truth, log `val/*` and the videos."""
+    video = batch["video"]
+    pairs = [pair_from_video(v.cpu(), [0]) for v in video]
+    guide = np.stack([p[0] for p in pairs])
+    mask = np.stack([p[1] for p in pairs])
+    denoiser = method.backbone.denoiser
+    if getattr(method, "ema", None) is not None:
+        method.backbone.denoiser = method.ema
+    try:
+        import torch
+
+        frames = generate(method.backbone, list(batch["caption"]), torch.from_numpy(guide), torch.from_numpy(mask),
+                          seeds=list(range(len(video))), spec=method.sampler_spec)
+    finally:
+        method.backbone.denoiser = denoiser
+    real = to_uint8_frames(video)
+    scores = [score_clip(f"val{i}", frames[i], real[i, 0], batch["truth"][i]) for i in range(len(frames))]
+    metrics = aggregate(scores)
+    bs = len(video)
+    for key in ("direction_accuracy", "speed_error", "first_frame_psnr", "temporal_flickering"):
+        if key in metrics:
+            method.log(f"val/{key}", float(metrics[key]), batch_size=bs)
+    trainer = method.trainer
+    if trainer is None or trainer.sanity_checking or not trainer.is_global_zero:
+        return
+    folder = Path(trainer.default_root_dir) / "samples"
+    paths = [write_mp4(folder / f"step{trainer.global_step:06d}_val{i}.mp4", np.concatenate([real[i], frames[i]], 2))
+             for i in range(min(bs, 4))]
+    log_videos(trainer, paths, [batch["caption"][i] for i in range(len(paths))])
+
+
+def log_videos(trainer: pl.Trainer, paths: list[Path], captions: list[str]) -> None:
+    """Sample videos go to W&B as mp4 files (no moviepy needed)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and getattr(trainer.lightning_module, "log_videos", True):
+            import wandb
+
+            logger.experiment.log({"val/samples": [wandb.Video(str(p), caption=c, format="mp4")
+                                                   for p, c in zip(paths, captions)],
+                                   "trainer/global_step": trainer.global_step})

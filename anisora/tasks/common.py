@@ -1,0 +1,128 @@
+"""What every task does around its work: validate first, then record the run, then clean up."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from anisora.config.errors import ConfigError
+from anisora.config.validate import check_config
+
+log = logging.getLogger("anisora")
+PACKAGES = ("anisora", "torch", "lightning", "diffusers", "transformers", "peft", "hydra-core", "omegaconf",
+            "wandb", "webdataset", "av", "numpy")
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.output_dir)
+
+
+def git_revision(root: Path) -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if rev.returncode:
+        return "unknown"
+    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_run_record(cfg: DictConfig, run_dir: Path) -> None:
+    """Resolved config, overrides, git revision and versions beside the run's outputs."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    overrides: list[str] = []
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:
+        pass
+    record = {"command": sys.argv, "overrides": overrides, "git_revision": git_revision(Path(__file__).parent),
+              "versions": package_versions(), "host": platform.node()}
+    (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    handler = logging.FileHandler(run_dir / f"{cfg.task_name}.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
+    logging.getLogger().addHandler(handler)
+
+
+def remove_if_empty(folder: Path, stop: Path) -> None:
+    """Undo the run folders Hydra created when the run stops on bad input before writing anything."""
+    stop = stop.resolve()
+    path = folder.resolve()
+    while path != stop and stop in path.parents:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        path = path.parent
+
+
+def run_task(cfg: DictConfig, groups: list[str], body: Callable[[DictConfig, Path], Any]) -> Any:
+    """Validate, record, run. Bad input: one line on stderr, exit code 2, no output left behind.
+
+    Exiting here (SystemExit passes through Hydra's job runner untouched) keeps Hydra from adding
+    its own report lines; W&B is closed in every case.
+    """
+    run_dir = run_dir_of(cfg)
+    try:
+        check_config(cfg, groups)
+        return body(cfg, run_dir)
+    except ConfigError as ex:
+        remove_if_empty(run_dir, Path(cfg.paths.root_dir))
+        print(f"error: {ex}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        if "wandb" in sys.modules:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
+
+
+def newest(paths: list[Path]) -> Path | None:
+    paths = [p for p in paths if p.is_file()]
+    return max(paths, key=lambda p: p.stat().st_mtime) if paths else None
+
+
+def find_checkpoint(spec: str | None, log_dir: Path, key: str) -> Path | None:
+    """None -> None; 'last'/'latest' -> newest last.ckpt train.py wrote; else an existing file."""
+    if spec is None:
+        return None
+    if spec in ("last", "latest"):
+        found = newest(list((log_dir / "train").glob("*/checkpoints/last.ckpt")))
+        if found is None:
+            raise ConfigError(key, f"{spec}: no checkpoints/last.ckpt under {log_dir / 'train'}; run train.py first")
+        return found
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise ConfigError(key, f"checkpoint {path} does not exist")
+    return path
+
+
+def environment_defaults() -> None:
+    """Offline by default: no hub calls, W&B offline unless the user says otherwise."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")

@@ -1,0 +1,107 @@
+"""evaluate.py: generate the held-out benchmark with a checkpoint (or read a folder of mp4s) and score it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from anisora.accelerators.devices import inference_dtype, resolve_device, set_num_threads
+from anisora.config.errors import ConfigError
+from anisora.data.synthetic import benchmark_clips
+from anisora.evaluation.metrics import ClipScore, aggregate, score_clip
+from anisora.evaluation.report import write_report
+from anisora.guidance.pair import pair_from_video
+from anisora.inference.loading import load_model, read_hparams, trained_data
+from anisora.inference.pipeline import from_uint8_frames, generate
+from anisora.inference.video_io import read_image, read_video, write_mp4
+from anisora.tasks.common import environment_defaults, find_checkpoint, run_task, write_run_record
+from anisora.tasks.infer import sampler_spec, world_from_data
+
+log = logging.getLogger("anisora.evaluate")
+GROUPS = ["guide", "sampler", "accelerator", "logger", "paths"]
+
+
+def score_folder(folder: Path) -> list[ClipScore]:
+    """Score every mp4 in a folder; a sidecar <stem>.json may hold `truth`, a <stem>.guide.png the guide."""
+    videos = sorted(folder.glob("*.mp4"))
+    if not videos:
+        raise ConfigError("videos", f"no .mp4 files in {folder}")
+    scores = []
+    for path in videos:
+        meta_path = path.with_suffix(".json")
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        guide_path = path.with_suffix(".guide.png")
+        video = read_video(path)
+        guide = read_image(guide_path) if guide_path.is_file() else None
+        scores.append(score_clip(path.stem, video, guide, meta.get("truth")))
+    return scores
+
+
+def generate_benchmark(cfg: DictConfig, ckpt: Path, run_dir: Path) -> list[ClipScore]:
+    """Sample the benchmark clips guided by their first frame and caption; keep every video with its truth."""
+    data = trained_data(read_hparams(ckpt))
+    world = world_from_data(data)
+    device = resolve_device(cfg.accelerator.name)
+    model = load_model(ckpt, device, inference_dtype(device, cfg.accelerator.precision))
+    clips = benchmark_clips(world, int(data.get("seed", 0)), cfg.num_clips)
+    spec = sampler_spec(cfg)
+    scores: list[ClipScore] = []
+    for start in range(0, len(clips), cfg.batch_size):
+        batch = clips[start : start + cfg.batch_size]
+        real = torch.stack([from_uint8_frames(c.video) for c in batch])
+        pairs = [pair_from_video(v, list(cfg.guide.indices)) for v in real]
+        out = generate(model.backbone, [c.caption for c in batch], torch.stack([p[0] for p in pairs]),
+                       torch.stack([p[1] for p in pairs]), [cfg.seed + start + i for i in range(len(batch))], spec)
+        for i, (clip, video) in enumerate(zip(batch, out)):
+            name = f"bench{start + i:03d}"
+            write_mp4(run_dir / "videos" / f"{name}.mp4", video)
+            meta = {"caption": clip.caption, "truth": clip.truth.to_json()}
+            (run_dir / "videos" / f"{name}.json").write_text(json.dumps(meta) + "\n")
+            scores.append(score_clip(name, video, clip.video[0], meta["truth"]))
+        log.info("scored %d / %d clips", len(scores), len(clips))
+    return scores
+
+
+def log_to_wandb(cfg: DictConfig, run_dir: Path, metrics: dict[str, float], chart: Path) -> None:
+    if cfg.logger.kind != "wandb":
+        return
+    import wandb
+
+    run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, dir=str(run_dir),
+                     mode="offline" if cfg.logger.offline else "online", job_type="evaluate",
+                     name=f"evaluate-{run_dir.name}", config=OmegaConf.to_container(cfg, resolve=True))
+    run.log({f"eval/{k}": v for k, v in metrics.items()} | {"eval/chart": wandb.Image(str(chart))})
+    run.finish()
+
+
+def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    if cfg.videos is not None:
+        folder = Path(cfg.videos).expanduser()
+        if not folder.is_dir():
+            raise ConfigError("videos", f"folder {folder} does not exist")
+        ckpt = None
+    else:
+        ckpt = find_checkpoint(cfg.ckpt, Path(cfg.paths.log_dir), "ckpt")
+    environment_defaults()
+    write_run_record(cfg, run_dir)
+    set_num_threads(cfg.accelerator.num_threads)
+    scores = score_folder(folder) if ckpt is None else generate_benchmark(cfg, ckpt, run_dir)
+    metrics = aggregate(scores)
+    paths = write_report(run_dir, metrics, scores, title=f"Evaluation of {ckpt or cfg.videos}")
+    log_to_wandb(cfg, run_dir, metrics, paths["chart_png"])
+    width = max(len(k) for k in metrics)
+    print("\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}"
+                    for k, v in sorted(metrics.items())))
+    log.info("report: %s", paths["report_md"])
+    return metrics
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    return run_task(cfg, GROUPS, evaluate)
+
+
+

@@ -1,0 +1,114 @@
+"""infer.py: sample clips from a checkpoint -> mp4 files, a contact sheet and (optionally) PNG frames."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from anisora.accelerators.devices import inference_dtype, resolve_device, set_num_threads
+from anisora.config.errors import ConfigError
+from anisora.data.synthetic import WorldConfig, benchmark_clips
+from anisora.diffusion.sampling import SamplerSpec
+from anisora.guidance.pair import guide_pair, resolve_index
+from anisora.inference.loading import load_model, read_hparams, trained_data
+from anisora.inference.pipeline import from_uint8_frames, generate
+from anisora.inference.video_io import read_image, write_contact_sheet, write_mp4, write_png_frames
+from anisora.tasks.common import environment_defaults, find_checkpoint, run_task, write_run_record
+
+log = logging.getLogger("anisora.infer")
+GROUPS = ["guide", "sampler", "accelerator", "out", "paths"]
+
+
+def check_guide_files(cfg: DictConfig) -> list[Path]:
+    """Every guide image must exist and match an index, before anything is loaded."""
+    paths = [Path(p).expanduser() for p in cfg.guide.frames]
+    if paths and len(paths) != len(cfg.guide.indices):
+        raise ConfigError("guide.frames", f"{len(paths)} images for {len(cfg.guide.indices)} guide.indices "
+                          f"{list(cfg.guide.indices)}; give one image per index")
+    for p in paths:
+        if not p.is_file():
+            raise ConfigError("guide.frames", f"guide image {p} does not exist")
+    if paths and not cfg.prompt:
+        raise ConfigError("prompt", "a prompt is required when guide.frames are given")
+    return paths
+
+
+def sampler_spec(cfg: DictConfig) -> SamplerSpec:
+    return SamplerSpec(name=cfg.sampler.name, num_steps=cfg.sampler.num_steps, shift=cfg.sampler.shift,
+                       guidance_scale=cfg.sampler.guidance_scale)
+
+
+def world_from_data(data: dict) -> WorldConfig:
+    """The synthetic world a checkpoint was trained on (benchmark clips come from the same world)."""
+    return WorldConfig(num_frames=data["num_frames"], height=data["height"], width=data["width"],
+                       sprite_size=int(data.get("sprite_size", 9)))
+
+
+def benchmark_requests(world: WorldConfig, seed: int, count: int, indices: list[int], prompt: str | None):
+    """Guides and captions from the held-out benchmark split."""
+    clips = benchmark_clips(world, seed, count)
+    requests = []
+    for clip in clips:
+        video = from_uint8_frames(clip.video)
+        frames = [(i, video[:, resolve_index(i, world.num_frames, "guide.indices")]) for i in indices]
+        requests.append((frames, prompt or clip.caption, clip))
+    return requests
+
+
+def infer(cfg: DictConfig, run_dir: Path) -> list[Path]:
+    image_paths = check_guide_files(cfg)
+    ckpt = find_checkpoint(cfg.ckpt, Path(cfg.paths.log_dir), "ckpt")
+    hparams = read_hparams(ckpt)
+    data = trained_data(hparams)
+    f, h, w = data["num_frames"], data["height"], data["width"]
+    for i in cfg.guide.indices:
+        resolve_index(int(i), f, "guide.indices")
+    device = resolve_device(cfg.accelerator.name)
+    environment_defaults()
+    write_run_record(cfg, run_dir)
+    set_num_threads(cfg.accelerator.num_threads)
+
+    if image_paths:
+        frames = [(int(i), from_uint8_frames(read_image(p, size=(h, w))[None])[:, 0])
+                  for i, p in zip(cfg.guide.indices, image_paths)]
+        requests = [(frames, cfg.prompt, None)]
+    else:
+        world = world_from_data(data)
+        requests = benchmark_requests(world, int(data.get("seed", 0)), cfg.num_clips, list(cfg.guide.indices),
+                                      cfg.prompt)
+
+    model = load_model(ckpt, device, inference_dtype(device, cfg.accelerator.precision))
+    pairs = [guide_pair(frames, f, h, w) for frames, _, _ in requests]
+    guide = torch.stack([p[0] for p in pairs])
+    mask = torch.stack([p[1] for p in pairs])
+    prompts = [r[1] for r in requests]
+    seeds = [cfg.seed + i for i in range(len(requests))]
+    log.info("sampling %d clip(s) of %dx%dx%d from %s", len(requests), f, h, w, ckpt)
+    out = generate(model.backbone, prompts, guide, mask, seeds, sampler_spec(cfg), cfg.negative_prompt,
+                   progress=True)
+
+    written = []
+    for i, clip in enumerate(out):
+        written.append(write_mp4(run_dir / "videos" / f"clip{i:02d}.mp4", clip, fps=cfg.out.fps))
+        if cfg.out.frames == "png":
+            write_png_frames(run_dir / "frames" / f"clip{i:02d}", clip)
+    if cfg.out.contact_sheet:
+        sheet = np.concatenate([np.concatenate(list(clip), axis=1) for clip in out], axis=0)
+        write_contact_sheet(run_dir / "contact_sheet.png", sheet[None], columns=1, scale=4)
+    record = [{"video": str(p.relative_to(run_dir)), "prompt": prompts[i], "seed": seeds[i],
+               "guide_indices": list(cfg.guide.indices), "ckpt": str(ckpt),
+               "guide_images": [str(p) for p in image_paths],
+               "truth": requests[i][2].truth.to_json() if requests[i][2] is not None else None}
+              for i, p in enumerate(written)]
+    (run_dir / "samples.json").write_text(json.dumps(record, indent=2) + "\n")
+    log.info("wrote %d video(s) to %s", len(written), run_dir / "videos")
+    return written
+
+
+def run(cfg: DictConfig) -> None:
+    run_task(cfg, GROUPS, infer)

@@ -1,0 +1,116 @@
+"""train.py: fit a method on a backbone, with exact resume and atomic checkpoints."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+from anisora.accelerators.checkpoint_io import AtomicCheckpointIO
+from anisora.accelerators.devices import lightning_accelerator, set_num_threads
+from anisora.backbones import latent_grid
+from anisora.backbones.base import check_clip_shape
+from anisora.data.datamodule import SyntheticDataModule
+from anisora.data.synthetic import WorldConfig
+from anisora.methods.sft import SFTMethod
+from anisora.tasks.common import environment_defaults, find_checkpoint, run_task, write_run_record
+
+log = logging.getLogger("anisora.train")
+GROUPS = ["model", "data", "guide", "sampler", "accelerator", "optimizer", "trainer", "callbacks", "logger", "paths"]
+
+
+def world_of(data: DictConfig) -> WorldConfig:
+    return WorldConfig(num_frames=data.num_frames, height=data.height, width=data.width,
+                       sprite_size=data.sprite_size)
+
+
+def check_data(cfg: DictConfig) -> None:
+    temporal, spatial, patch = latent_grid(OmegaConf.to_container(cfg.model))
+    check_clip_shape(cfg.data.num_frames, cfg.data.height, cfg.data.width, temporal, spatial, patch, "data")
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    kind = cfg.logger.kind
+    if kind == "none":
+        return []
+    if kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
+    from lightning.pytorch.loggers import WandbLogger
+
+    logger = WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity, save_dir=str(run_dir),
+                         name=f"{cfg.task_name}-{run_dir.name}", offline=cfg.logger.offline, log_model=False,
+                         tags=list(cfg.tags))
+    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return [logger]
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,
+                        every_n_train_steps=cfg.callbacks.checkpoint_every_n_steps, save_top_k=1, save_last=True)
+    ]
+    if cfg.callbacks.lr_monitor and cfg.logger.kind != "none":
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if cfg.callbacks.progress_bar == "rich":
+        callbacks.append(RichProgressBar())
+    elif cfg.callbacks.progress_bar == "tqdm":
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    return callbacks
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    check_data(cfg)
+    resume = find_checkpoint(cfg.ckpt_path, Path(cfg.paths.log_dir), "ckpt_path")
+    environment_defaults()
+    write_run_record(cfg, run_dir)
+    set_num_threads(cfg.accelerator.num_threads)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = SyntheticDataModule(world_of(cfg.data), cfg.data.seed, cfg.data.batch_size, cfg.data.num_workers,
+                                     cfg.data.val_clips, cfg.trainer.accumulate_grad_batches)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    method = SFTMethod(model=container["model"], guide=container["guide"], optimizer=container["optimizer"],
+                       sampler=container["sampler"], max_steps=cfg.trainer.max_steps,
+                       data=container["data"])
+    method.log_videos = cfg.logger.log_videos and cfg.callbacks.sample_videos
+    params = sum(p.numel() for p in method.backbone.denoiser.parameters())
+    log.info("denoiser parameters: %s; run folder: %s", f"{params:,}", run_dir)
+
+    trainer = pl.Trainer(
+        default_root_dir=str(run_dir),
+        accelerator=lightning_accelerator(cfg.accelerator.name),
+        devices=cfg.accelerator.devices,
+        strategy=cfg.accelerator.strategy,
+        precision=cfg.accelerator.precision,
+        max_steps=cfg.trainer.max_steps,
+        val_check_interval=cfg.trainer.val_every_n_steps * cfg.trainer.accumulate_grad_batches,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        limit_val_batches=1 if cfg.callbacks.sample_videos else 0,
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        gradient_clip_val=cfg.trainer.gradient_clip_val,
+        accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
+        deterministic=cfg.trainer.deterministic,
+        logger=build_loggers(cfg, run_dir) or False,
+        callbacks=build_callbacks(cfg, run_dir),
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=cfg.callbacks.progress_bar != "none",
+        enable_model_summary=False,
+    )
+    trainer.fit(method, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics["global_step"] = float(trainer.global_step)
+    log.info("finished at step %d: %s", trainer.global_step, metrics)
+    return metrics
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Entry point of train.py; returns train/loss for Hydra sweepers."""
+    metrics = run_task(cfg, GROUPS, train)
+    return metrics.get("train/loss")

@@ -1,0 +1,69 @@
+"""Shared fixtures: offline environment, tiny overrides, and ways to run the entry points."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A model and world small enough that a training step takes milliseconds on a CPU.
+TINY = [
+    "model.num_layers=1",
+    "model.num_attention_heads=2",
+    "model.attention_head_dim=8",
+    "model.ffn_dim=32",
+    "model.text_dim=16",
+    "model.text_layers=1",
+    "model.text_heads=2",
+    "data.batch_size=2",
+    "data.val_clips=2",
+    "sampler.num_steps=2",
+    "accelerator=cpu",
+    "callbacks.progress_bar=none",
+]
+
+
+@pytest.fixture(autouse=True)
+def offline_env(tmp_path_factory, monkeypatch):
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    for key in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(key, str(cache / key.lower()))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def run_entry(script: str, *overrides: str, log_dir: Path, run_dir: Path | None = None,
+              timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run train.py / infer.py / evaluate.py as a user would, with outputs under `log_dir`."""
+    args = [sys.executable, str(ROOT / script), f"paths.log_dir={log_dir}", *overrides]
+    if run_dir is not None:
+        args.append(f"hydra.run.dir={run_dir}")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def compose(config_name: str, overrides: list[str]):
+    """Compose a primary config in-process, with Hydra's runtime fields set like a real run."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from anisora.config.store import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def list_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
