@@ -24,9 +24,6 @@ class Conditioning:
     guide: torch.Tensor  # (B, Cg, T, h, w) guidance channels concatenated to the noisy latent
     image: torch.Tensor | None = None  # (B, N, Di) image-encoder tokens, when the family uses them
 
-    def select(self, index: torch.Tensor | slice) -> Conditioning:
-        return Conditioning(self.text[index], self.guide[index], None if self.image is None else self.image[index])
-
     @staticmethod
     def cat(parts: list[Conditioning]) -> Conditioning:
         images = [p.image for p in parts]

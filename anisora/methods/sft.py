@@ -94,9 +94,6 @@ class SFTMethod(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ----------------------------------------------------------------- sampling
-    def sampling_denoiser(self) -> torch.nn.Module:
-        return self.ema if self.ema is not None else self.backbone.denoiser
-
     def use_ema_weights(self) -> None:
         """Copy EMA weights into the backbone (for export and inference after loading)."""
         if self.ema is not None:

@@ -11,7 +11,7 @@ import numpy as np
 from anisora.evaluation.metrics import aggregate, score_clip
 from anisora.guidance.pair import pair_from_video
 from anisora.inference.pipeline import generate, to_uint8_frames
-from anisora.inference.video_io import write_mp4
+from anisora.inference.video_io import display_scale, write_mp4
 
 
 def validate_samples(method: pl.LightningModule, batch: dict[str, Any]) -> None:
@@ -41,8 +41,9 @@ def validate_samples(method: pl.LightningModule, batch: dict[str, Any]) -> None:
     if trainer is None or trainer.sanity_checking or not trainer.is_global_zero:
         return
     folder = Path(trainer.default_root_dir) / "samples"
-    paths = [write_mp4(folder / f"step{trainer.global_step:06d}_val{i}.mp4", np.concatenate([real[i], frames[i]], 2))
-             for i in range(min(bs, 4))]
+    scale = display_scale(*real.shape[2:4])
+    paths = [write_mp4(folder / f"step{trainer.global_step:06d}_val{i}.mp4", np.concatenate([real[i], frames[i]], 2),
+                       scale=scale) for i in range(min(bs, 4))]
     log_videos(trainer, paths, [batch["caption"][i] for i in range(len(paths))])
 
 

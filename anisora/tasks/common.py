@@ -65,6 +65,17 @@ def write_run_record(cfg: DictConfig, run_dir: Path) -> None:
     handler = logging.FileHandler(run_dir / f"{cfg.task_name}.log")
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
     logging.getLogger().addHandler(handler)
+    route_library_logs()
+
+
+def route_library_logs() -> None:
+    """Lightning installs its own console handler; send its records through the run's handlers instead
+    (one copy on the console, and into the run's log file)."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
 
 
 def remove_if_empty(folder: Path, stop: Path) -> None:

@@ -17,7 +17,14 @@ from anisora.evaluation.report import write_report
 from anisora.guidance.pair import pair_from_video
 from anisora.inference.loading import load_model, read_hparams, trained_data
 from anisora.inference.pipeline import from_uint8_frames, generate
-from anisora.inference.video_io import read_image, read_video, write_mp4
+from anisora.inference.video_io import (
+    atomic_write_bytes,
+    display_scale,
+    encode_png,
+    read_image,
+    read_video,
+    write_mp4,
+)
 from anisora.tasks.common import environment_defaults, find_checkpoint, run_task, write_run_record
 from anisora.tasks.infer import sampler_spec, world_from_data
 
@@ -35,7 +42,7 @@ def score_folder(folder: Path) -> list[ClipScore]:
         meta_path = path.with_suffix(".json")
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         guide_path = path.with_suffix(".guide.png")
-        video = read_video(path)
+        video = read_video(path, downscale=int(meta.get("scale", 1)))
         guide = read_image(guide_path) if guide_path.is_file() else None
         scores.append(score_clip(path.stem, video, guide, meta.get("truth")))
     return scores
@@ -58,8 +65,10 @@ def generate_benchmark(cfg: DictConfig, ckpt: Path, run_dir: Path) -> list[ClipS
                        torch.stack([p[1] for p in pairs]), [cfg.seed + start + i for i in range(len(batch))], spec)
         for i, (clip, video) in enumerate(zip(batch, out)):
             name = f"bench{start + i:03d}"
-            write_mp4(run_dir / "videos" / f"{name}.mp4", video)
-            meta = {"caption": clip.caption, "truth": clip.truth.to_json()}
+            scale = display_scale(world.height, world.width)
+            write_mp4(run_dir / "videos" / f"{name}.mp4", video, scale=scale)
+            atomic_write_bytes(run_dir / "videos" / f"{name}.guide.png", encode_png(clip.video[0]))
+            meta = {"caption": clip.caption, "truth": clip.truth.to_json(), "scale": scale}
             (run_dir / "videos" / f"{name}.json").write_text(json.dumps(meta) + "\n")
             scores.append(score_clip(name, video, clip.video[0], meta["truth"]))
         log.info("scored %d / %d clips", len(scores), len(clips))

@@ -14,10 +14,19 @@ from anisora.accelerators.devices import inference_dtype, resolve_device, set_nu
 from anisora.config.errors import ConfigError
 from anisora.data.synthetic import WorldConfig, benchmark_clips
 from anisora.diffusion.sampling import SamplerSpec
+from anisora.evaluation.metrics import psnr
 from anisora.guidance.pair import guide_pair, resolve_index
 from anisora.inference.loading import load_model, read_hparams, trained_data
-from anisora.inference.pipeline import from_uint8_frames, generate
-from anisora.inference.video_io import read_image, write_contact_sheet, write_mp4, write_png_frames
+from anisora.inference.pipeline import from_uint8_frames, generate, to_uint8_frames
+from anisora.inference.video_io import (
+    atomic_write_bytes,
+    display_scale,
+    encode_png,
+    read_image,
+    write_contact_sheet,
+    write_mp4,
+    write_png_frames,
+)
 from anisora.tasks.common import environment_defaults, find_checkpoint, run_task, write_run_record
 
 log = logging.getLogger("anisora.infer")
@@ -92,21 +101,30 @@ def infer(cfg: DictConfig, run_dir: Path) -> list[Path]:
     out = generate(model.backbone, prompts, guide, mask, seeds, sampler_spec(cfg), cfg.negative_prompt,
                    progress=True)
 
-    written = []
+    written, fidelity = [], []
+    scale = display_scale(h, w)
     for i, clip in enumerate(out):
-        written.append(write_mp4(run_dir / "videos" / f"clip{i:02d}.mp4", clip, fps=cfg.out.fps))
+        written.append(write_mp4(run_dir / "videos" / f"clip{i:02d}.mp4", clip, fps=cfg.out.fps, scale=scale))
         if cfg.out.frames == "png":
             write_png_frames(run_dir / "frames" / f"clip{i:02d}", clip)
+        guides = {}
+        for index, image in requests[i][0]:
+            f_index = resolve_index(index, f, "guide.indices")
+            given = to_uint8_frames(image[:, None, None])[0, 0]
+            atomic_write_bytes(run_dir / "guides" / f"clip{i:02d}_frame{f_index:04d}.png", encode_png(given))
+            guides[str(f_index)] = round(psnr(clip[f_index], given), 3)
+        fidelity.append(guides)
     if cfg.out.contact_sheet:
         sheet = np.concatenate([np.concatenate(list(clip), axis=1) for clip in out], axis=0)
         write_contact_sheet(run_dir / "contact_sheet.png", sheet[None], columns=1, scale=4)
     record = [{"video": str(p.relative_to(run_dir)), "prompt": prompts[i], "seed": seeds[i],
                "guide_indices": list(cfg.guide.indices), "ckpt": str(ckpt),
-               "guide_images": [str(p) for p in image_paths],
+               "guide_images": [str(p) for p in image_paths], "guide_psnr_db": fidelity[i], "mp4_scale": scale,
                "truth": requests[i][2].truth.to_json() if requests[i][2] is not None else None}
               for i, p in enumerate(written)]
     (run_dir / "samples.json").write_text(json.dumps(record, indent=2) + "\n")
-    log.info("wrote %d video(s) to %s", len(written), run_dir / "videos")
+    log.info("wrote %d video(s) to %s; guide PSNR (dB) per clip and frame: %s", len(written), run_dir / "videos",
+             fidelity)
     return written
 
 

@@ -1,0 +1,130 @@
+"""End to end on the CPU: train, kill, resume exactly, sample, evaluate, sweep."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, TINY, run_entry
+from PIL import Image
+
+from anisora.inference.video_io import read_image, read_video
+
+STEPS = 24
+COMMON = [*TINY, f"trainer.max_steps={STEPS}", "callbacks.checkpoint_every_n_steps=4", "trainer.val_every_n_steps=12",
+          "trainer.log_every_n_steps=4", "optimizer.warmup_steps=4"]
+
+
+def weights(ckpt: Path) -> tuple[int, dict[str, torch.Tensor]]:
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    return state["global_step"], state["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """An uninterrupted run, and a run killed part-way then resumed with ckpt_path=last."""
+    base = tmp_path_factory.mktemp("e2e")
+    full = run_entry("train.py", *COMMON, log_dir=base / "full", run_dir=base / "full" / "train" / "run")
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    log_dir = base / "killed"
+    run_dir = log_dir / "train" / "first"
+    args = [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={log_dir}", f"hydra.run.dir={run_dir}", *COMMON]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not (run_dir / "checkpoints" / "step000008.ckpt").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = run_entry("train.py", *COMMON, "ckpt_path=last", log_dir=log_dir, run_dir=log_dir / "train" / "second")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return {"full": base / "full" / "train" / "run", "killed": run_dir, "resumed": log_dir / "train" / "second",
+            "log_dir": log_dir}
+
+
+def test_uninterrupted_run_leaves_checkpoint_config_and_wandb(trained):
+    run = trained["full"]
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert "max_steps: 24" in (run / "config.yaml").read_text()
+    record = json.loads((run / "run.json").read_text())
+    assert record["versions"]["torch"] and record["git_revision"]
+    assert list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    samples = sorted((run / "samples").glob("*.mp4"))
+    assert samples and read_video(samples[0]).shape[0] == 9
+
+
+def test_killed_run_resumes_to_the_same_step_and_weights(trained):
+    killed_steps = [weights(p)[0] for p in (trained["killed"] / "checkpoints").glob("*.ckpt")]
+    assert killed_steps and max(killed_steps) < STEPS, "the run was not interrupted"
+    for path in (trained["killed"] / "checkpoints").glob("*.ckpt"):
+        weights(path)  # every checkpoint file the killed run left loads: none is half-written
+    step_full, full = weights(trained["full"] / "checkpoints" / "last.ckpt")
+    step_resumed, resumed = weights(trained["resumed"] / "checkpoints" / "last.ckpt")
+    assert step_full == step_resumed == STEPS
+    assert full.keys() == resumed.keys()
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+
+
+def test_infer_writes_mp4_sheet_and_lossless_frames_starting_with_the_guide(trained):
+    out = run_entry("infer.py", "accelerator=cpu", "num_clips=2", "out.frames=png", "sampler.num_steps=2",
+                    log_dir=trained["log_dir"], run_dir=trained["log_dir"] / "infer" / "bench")
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = trained["log_dir"] / "infer" / "bench"
+    video = read_video(run / "videos" / "clip00.mp4", downscale=8)
+    assert video.shape == (9, 16, 16, 3)
+    frames = sorted((run / "frames" / "clip01").glob("frame_*.png"))
+    assert len(frames) == 9 and (run / "contact_sheet.png").is_file()
+    record = json.loads((run / "samples.json").read_text())
+    assert record[0]["ckpt"].endswith("second/checkpoints/last.ckpt") and "0" in record[0]["guide_psnr_db"]
+
+
+def test_infer_from_a_guide_image_and_prompt(trained, tmp_path):
+    image = (np.indices((20, 20)).sum(0) % 2 * 255).astype(np.uint8)[..., None].repeat(3, -1)
+    Image.fromarray(image).save(tmp_path / "first.png")
+    run_dir = trained["log_dir"] / "infer" / "image"
+    out = run_entry("infer.py", "accelerator=cpu", "sampler.num_steps=2", "out.frames=png",
+                    f"guide.frames=[{tmp_path / 'first.png'}]", "prompt=a red slime moves left across the meadow.",
+                    log_dir=trained["log_dir"], run_dir=run_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    first = read_image(run_dir / "frames" / "clip00" / "frame_0000.png")
+    assert first.shape == (16, 16, 3)
+    assert (run_dir / "guides" / "clip00_frame0000.png").is_file()
+
+
+def test_evaluate_generates_and_scores_the_benchmark_then_rescores_the_folder(trained):
+    run_dir = trained["log_dir"] / "evaluate" / "gen"
+    out = run_entry("evaluate.py", "accelerator=cpu", "num_clips=4", "sampler.num_steps=2", "logger=none",
+                    log_dir=trained["log_dir"], run_dir=run_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("direction_accuracy", "speed_error", "first_frame_psnr", "temporal_flickering", "num_clips"):
+        assert key in metrics
+    assert metrics["num_clips"] == 4 and 0 <= metrics["direction_accuracy"] <= 1
+    assert (run_dir / "report.md").read_text().startswith("# Evaluation") and (run_dir / "metrics.png").is_file()
+
+    again = trained["log_dir"] / "evaluate" / "folder"
+    out = run_entry("evaluate.py", f"videos={run_dir / 'videos'}", "logger=none", log_dir=trained["log_dir"],
+                    run_dir=again)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rescored = json.loads((again / "metrics.json").read_text())
+    assert rescored["num_clips"] == 4
+    assert abs(rescored["first_frame_psnr"] - metrics["first_frame_psnr"]) < 3.0  # only mp4 coding differs
+
+
+def test_multirun_sweep_runs_each_job(tmp_path):
+    out = run_entry("train.py", "-m", "optimizer.lr=1e-4,3e-4", "debug=fast", *TINY, "logger=none",
+                    "callbacks.sample_videos=false", log_dir=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lasts = sorted(tmp_path.glob("train/multirun/*/*/checkpoints/last.ckpt"))
+    assert len(lasts) == 2
+    lrs = sorted(torch.load(p, map_location="cpu", weights_only=False)["hyper_parameters"]["optimizer"]["lr"]
+                 for p in lasts)
+    assert lrs == [1e-4, 3e-4]
