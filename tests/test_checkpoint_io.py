@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from anisora.accelerators.checkpoint_io import AtomicCheckpointIO
-from anisora.data.datamodule import SyntheticDataModule, SyntheticClipStream
+from anisora.data.datamodule import SyntheticClipStream, SyntheticDataModule
 from anisora.data.synthetic import WorldConfig
 
 
