@@ -4,32 +4,36 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
 from anisora.evaluation.tracking import motion_from_track, track_sprite
 
-PSNR_CAP = 100.0
+PSNR_CAP = 100.0  # dB; identical frames give inf, which would swamp any mean
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images (peak 255)."""
+    """PSNR in dB of two uint8 images (peak 255); identical images give inf."""
+    a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape:
         raise ValueError(f"psnr: shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+    return float("inf") if mse == 0.0 else 10.0 * math.log10(255.0**2 / mse)
 
 
 def temporal_flickering(video: np.ndarray) -> float:
-    """VBench's temporal flickering: 1 - mean |frame_t+1 - frame_t| / 255 over uint8 frames."""
+    """VBench's temporal flickering: 1 - mean |frame[t+1] - frame[t]| / 255 (all pairs, pixels, channels)."""
+    video = np.asarray(video)
     if len(video) < 2:
-        raise ValueError("temporal_flickering needs at least 2 frames")
-    diffs = np.abs(np.diff(video.astype(np.float64), axis=0))
-    return float(1.0 - diffs.mean() / 255.0)
+        raise ValueError(f"temporal_flickering needs at least 2 frames, got {len(video)}")
+    return float(1.0 - np.abs(np.diff(video.astype(np.float64), axis=0)).mean() / 255.0)
 
 
 @dataclass
 class ClipScore:
+    """One clip's scores; NaN (or None for directions) where a score does not apply."""
+
     name: str
     direction_true: str | None
     direction_pred: str | None
@@ -39,25 +43,37 @@ class ClipScore:
     first_frame_psnr: float
     temporal_flickering: float
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def score_clip(name: str, video: np.ndarray, guide_first_frame: np.ndarray | None, truth: dict | None) -> ClipScore:
-    """Score one generated clip (uint8 (F, H, W, 3)); `truth` may hold direction, speed, colour_rgb."""
+def _float(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def score_clip(name: str, video: np.ndarray, guide_first_frame: np.ndarray | None,
+               truth: dict | None) -> ClipScore:
+    """Score one clip (uint8 (F, H, W, 3)); `truth` may hold direction, speed (px/frame) and colour_rgb.
+
+    With `colour_rgb` the sprite is found by its colour, else by what moves over the static background.
+    """
+    video = np.asarray(video)
+    if video.ndim != 4 or video.shape[-1] != 3:
+        raise ValueError(f"score_clip {name}: expected a (F, H, W, 3) video, got {tuple(video.shape)}")
     truth = truth or {}
-    colour = tuple(truth["colour_rgb"]) if truth.get("colour_rgb") is not None else None
+    colour = truth.get("colour_rgb")
+    colour = tuple(int(c) for c in colour) if colour is not None else None
     direction, speed = motion_from_track(track_sprite(video, colour))
-    speed_true = float(truth.get("speed", math.nan))
+    speed_true = _float(truth.get("speed"))
     return ClipScore(
         name=name,
         direction_true=truth.get("direction"),
         direction_pred=direction,
         speed_true=speed_true,
         speed_pred=speed,
-        speed_error=abs(speed - speed_true),
+        speed_error=abs(speed - speed_true),  # NaN unless both are known
         first_frame_psnr=psnr(video[0], guide_first_frame) if guide_first_frame is not None else math.nan,
-        temporal_flickering=temporal_flickering(video),
+        temporal_flickering=temporal_flickering(video) if len(video) >= 2 else math.nan,
     )
 
 
@@ -67,18 +83,21 @@ def _mean(values: list[float]) -> float:
 
 
 def aggregate(scores: list[ClipScore]) -> dict[str, float]:
-    """Flat benchmark metrics; an untracked clip counts as a wrong direction."""
+    """Flat benchmark metrics over clips; each mean skips clips where its score does not apply (NaN).
+
+    direction_accuracy counts clips with a true direction; an untracked clip (no predicted direction)
+    counts as wrong. First-frame PSNR is capped at PSNR_CAP before averaging.
+    """
     with_truth = [s for s in scores if s.direction_true is not None]
     psnrs = [min(s.first_frame_psnr, PSNR_CAP) for s in scores if not math.isnan(s.first_frame_psnr)]
-    out = {
+    correct = sum(s.direction_pred is not None and s.direction_pred == s.direction_true for s in with_truth)
+    return {
         "num_clips": float(len(scores)),
-        "direction_accuracy": (sum(s.direction_pred == s.direction_true for s in with_truth) / len(with_truth)
-                               if with_truth else math.nan),
+        "direction_accuracy": correct / len(with_truth) if with_truth else math.nan,
         "speed_error": _mean([s.speed_error for s in scores]),
         "speed_true_mean": _mean([s.speed_true for s in scores]),
         "speed_pred_mean": _mean([s.speed_pred for s in scores]),
         "first_frame_psnr": _mean(psnrs),
-        "first_frame_psnr_min": float(min(psnrs)) if psnrs else math.nan,
+        "first_frame_psnr_min": min(psnrs) if psnrs else math.nan,
         "temporal_flickering": _mean([s.temporal_flickering for s in scores]),
     }
-    return out

@@ -1,72 +1,108 @@
-"""Evaluation outputs: metrics.json (flat keys), per_clip.jsonl, report.md and a PNG chart."""
+"""Evaluation outputs: metrics.json (flat keys), per_clip.jsonl, report.md and a PNG chart.
+
+JSON files are strict JSON (readable by jq or a browser): NaN ("does not apply") is written as null,
+and an infinite PSNR (identical frames) as PSNR_CAP.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
-from anisora.evaluation.metrics import ClipScore
+from anisora.evaluation.metrics import PSNR_CAP, ClipScore
 from anisora.inference.video_io import atomic_write_bytes
 
 DIRECTIONS = ("left", "right", "up", "down")
 
 
-def _fmt(value) -> str:
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else math.copysign(PSNR_CAP, value)
+    return value
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
     if isinstance(value, float):
-        return "n/a" if math.isnan(value) else f"{value:.4f}"
+        return f"{value:.4f}"  # inf prints as "inf"
     return str(value)
 
 
-def chart(scores: list[ClipScore], path: Path) -> Path:
-    """Speed scatter (true vs predicted) and direction accuracy per true direction."""
-    import matplotlib
+def _cell(text: str) -> str:
+    """A clip name as a markdown table cell: a '|' in it would split the row."""
+    return text.replace("|", "\\|")
 
-    matplotlib.use("Agg")
-    import io
 
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
-    ok = [s for s in scores if s.direction_pred == s.direction_true]
-    bad = [s for s in scores if s.direction_pred != s.direction_true]
-    for group, colour, label in ((ok, "tab:green", "direction right"), (bad, "tab:red", "direction wrong")):
-        ax1.scatter([s.speed_true for s in group], [s.speed_pred for s in group], c=colour, label=label, s=18)
-    finite = [v for s in scores for v in (s.speed_true, s.speed_pred) if not math.isnan(v)]
-    top = max(finite, default=1.0) * 1.1
+def chart_png(scores: list[ClipScore]) -> bytes:
+    """Two panels: true vs measured speed (coloured by direction correct or not), and direction
+    accuracy per true direction. Drawn on a bare Figure (Agg canvas): no pyplot state or GUI backend.
+    """
+    fig = Figure(figsize=(9, 3.6))
+    ax1, ax2 = fig.subplots(1, 2)
+    groups = (
+        ("tab:green", "direction correct", [s for s in scores if s.direction_true is not None
+                                            and s.direction_pred == s.direction_true]),
+        ("tab:red", "direction wrong", [s for s in scores if s.direction_true is not None
+                                        and s.direction_pred != s.direction_true]),
+        ("tab:gray", "no true direction", [s for s in scores if s.direction_true is None]),
+    )
+    for colour, label, group in groups:
+        if group:
+            ax1.scatter([s.speed_true for s in group], [s.speed_pred for s in group], c=colour, label=label,
+                        s=18)
+    finite = [v for s in scores for v in (s.speed_true, s.speed_pred) if math.isfinite(v)]
+    top = max(finite, default=1.0) * 1.1 or 1.0
     ax1.plot([0, top], [0, top], "k--", lw=0.8)
-    ax1.set(xlabel="true speed (px/frame)", ylabel="measured speed (px/frame)", title="speed")
-    ax1.legend(fontsize=7)
-    acc = []
+    ax1.set(xlim=(0, top), ylim=(0, top), xlabel="true speed (px/frame)", ylabel="measured speed (px/frame)",
+            title="speed")
+    if ax1.get_legend_handles_labels()[0]:
+        ax1.legend(fontsize=7)
+    accuracy, counts = [], []
     for d in DIRECTIONS:
         group = [s for s in scores if s.direction_true == d]
-        acc.append(np.mean([s.direction_pred == d for s in group]) if group else 0.0)
-    ax2.bar(DIRECTIONS, acc, color="tab:blue")
-    ax2.set(ylim=(0, 1), ylabel="accuracy", title="direction accuracy by true direction")
+        accuracy.append(float(np.mean([s.direction_pred == d for s in group])) if group else 0.0)
+        counts.append(len(group))
+    bars = ax2.bar(DIRECTIONS, accuracy, color="tab:blue")
+    ax2.bar_label(bars, labels=[f"n={n}" for n in counts], fontsize=7)
+    ax2.set(ylim=(0, 1.1), ylabel="accuracy", title="direction accuracy by true direction")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def markdown(title: str, metrics: dict[str, float], scores: list[ClipScore]) -> str:
+    """report.md: the metrics table, the chart, then one row per clip."""
+    lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(int(v) if k.startswith('num_') else v)} |" for k, v in sorted(metrics.items())]
+    lines += ["", "![metrics](metrics.png)", "",
+              "| clip | direction (true / measured) | speed px/frame (true / measured) "
+              "| first-frame PSNR dB | flicker |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {_cell(s.name)} | {_fmt(s.direction_true)} / {_fmt(s.direction_pred)} "
+              f"| {_fmt(s.speed_true)} / {_fmt(s.speed_pred)} | {_fmt(s.first_frame_psnr)} "
+              f"| {_fmt(s.temporal_flickering)} |" for s in scores]
+    return "\n".join(lines) + "\n"
 
 
 def write_report(folder: str | Path, metrics: dict[str, float], scores: list[ClipScore],
                  title: str = "Evaluation") -> dict[str, Path]:
+    """Write metrics.json, per_clip.jsonl, metrics.png and report.md (each atomically) into `folder`."""
     folder = Path(folder)
-    paths = {
-        "metrics_json": atomic_write_bytes(folder / "metrics.json",
-                                           (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode()),
-        "per_clip_jsonl": atomic_write_bytes(folder / "per_clip.jsonl",
-                                             "".join(json.dumps(s.to_json()) + "\n" for s in scores).encode()),
-        "chart_png": chart(scores, folder / "metrics.png"),
+    metrics_json = json.dumps({k: _json_safe(v) for k, v in metrics.items()}, indent=2, sort_keys=True,
+                              allow_nan=False)
+    per_clip = "".join(json.dumps({k: _json_safe(v) for k, v in s.to_json().items()}, allow_nan=False) + "\n"
+                       for s in scores)
+    return {
+        "metrics_json": atomic_write_bytes(folder / "metrics.json", (metrics_json + "\n").encode()),
+        "per_clip_jsonl": atomic_write_bytes(folder / "per_clip.jsonl", per_clip.encode()),
+        "chart_png": atomic_write_bytes(folder / "metrics.png", chart_png(scores)),
+        "report_md": atomic_write_bytes(folder / "report.md", markdown(title, metrics, scores).encode()),
     }
-    lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items())]
-    lines += ["", "![metrics](metrics.png)", "", "| clip | direction (true / measured) | speed (true / measured) |"
-              " first-frame PSNR | flicker |", "|---|---|---|---|---|"]
-    lines += [f"| {s.name} | {s.direction_true} / {s.direction_pred} | {_fmt(s.speed_true)} / {_fmt(s.speed_pred)} |"
-              f" {_fmt(s.first_frame_psnr)} | {_fmt(s.temporal_flickering)} |" for s in scores]
-    paths["report_md"] = atomic_write_bytes(folder / "report.md", ("\n".join(lines) + "\n").encode())
-    return paths
