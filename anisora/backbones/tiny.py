@@ -90,6 +90,7 @@ class TinyBackboneSpec:
     text_layers: int = 2
     text_heads: int = 4
     max_sequence_length: int = 32
+    train_text_encoder: bool = False
     init_seed: int = 0
 
 
@@ -116,5 +117,5 @@ def build_tiny_backbone(spec: TinyBackboneSpec) -> WanI2VBackbone:
             num_layers=spec.num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
             rope_max_seq_len=64,
         )
-    prompt_encoder = UMT5PromptEncoder(tokenizer, encoder, spec.max_sequence_length)
+    prompt_encoder = UMT5PromptEncoder(tokenizer, encoder, spec.max_sequence_length, spec.train_text_encoder)
     return WanI2VBackbone(transformer, codec, prompt_encoder)

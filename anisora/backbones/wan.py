@@ -48,6 +48,12 @@ class WanI2VBackbone(BackboneAdapter):
                 f" {codec.temporal_factor} mask), got {transformer.config.in_channels}"
             )
 
+    def trainable_modules(self) -> list[nn.Module]:
+        modules: list[nn.Module] = [self.denoiser]
+        if getattr(self.prompt_encoder, "trainable", False):
+            modules.append(self.prompt_encoder.encoder)
+        return modules
+
     def encode_video(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.codec.encode(pixels)
 

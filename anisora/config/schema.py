@@ -44,7 +44,7 @@ class AcceleratorConfig:
 @dataclass
 class ObjectiveConfig:
     name: str = choice("flow_match")
-    shift: float = bounded(1.0, 0.01)
+    shift: float = bounded(3.0, 0.01)
     timestep_sampling: str = choice("uniform", "logit_normal")
 
 
@@ -54,17 +54,18 @@ class TinyModelConfig:
 
     _target_: str = "anisora.backbones.tiny.build"
     kind: str = choice("tiny")
-    spatial_factor: int = bounded(2, 1)
+    spatial_factor: int = bounded(1, 1)
     latent_scale: float = bounded(2.0, 1e-6)
     num_layers: int = bounded(4, 1)
-    num_attention_heads: int = bounded(3, 1)
+    num_attention_heads: int = bounded(4, 1)
     attention_head_dim: int = bounded(32, 2)
-    ffn_dim: int = bounded(192, 1)
+    ffn_dim: int = bounded(256, 1)
     freq_dim: int = bounded(64, 2)
     text_dim: int = bounded(64, 2)
     text_layers: int = bounded(2, 1)
     text_heads: int = bounded(4, 1)
     max_sequence_length: int = bounded(32, 4)
+    train_text_encoder: bool = False  # the tiny UMT5 is random; training it with the DiT sharpens text control
     init_seed: int = 0
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
@@ -74,10 +75,10 @@ class DataConfig:
     """Training clips. `synthetic` renders the tiny anime world on the fly (anisora.data.synthetic)."""
 
     kind: str = choice("synthetic")
-    num_frames: int = 17
-    height: int = 32
-    width: int = 32
-    sprite_size: int = bounded(9, 3)
+    num_frames: int = 5
+    height: int = 16
+    width: int = 16
+    sprite_size: int = bounded(6, 3)
     seed: int = 0
     batch_size: int = bounded(8, 1)
     num_workers: int = bounded(0, 0)
@@ -103,6 +104,8 @@ class SamplerConfig:
     num_steps: int = bounded(30, 1)
     shift: float = bounded(3.0, 0.01)
     guidance_scale: float = bounded(5.0, 0.0)
+    guidance_min_sigma: float = bounded(0.0, 0.0, 1.0)  # CFG only while sigma >= this; 0 = every step (as Wan)
+    clamp_x0: Optional[float] = bounded(None, 0.0)  # clamp the implied clean latent each step; None = off
 
 
 @dataclass
@@ -112,7 +115,7 @@ class OptimizerConfig:
     weight_decay: float = bounded(0.01, 0.0)
     eps: float = bounded(1e-8, 0.0)
     warmup_steps: int = bounded(100, 0)
-    ema_decay: float = bounded(0.0, 0.0, 1.0)  # 0 disables EMA
+    ema_decay: float = bounded(0.995, 0.0, 1.0)  # 0 disables EMA; samples and exports use the EMA weights
 
 
 @dataclass

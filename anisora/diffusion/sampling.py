@@ -12,6 +12,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
 from anisora.backbones.base import BackboneAdapter, Conditioning
+from anisora.diffusion.flow_matching import NUM_TRAIN_TIMESTEPS
 
 
 @dataclass
@@ -20,6 +21,8 @@ class SamplerSpec:
     num_steps: int = 30
     shift: float = 3.0
     guidance_scale: float = 5.0
+    guidance_min_sigma: float = 0.0  # CFG only while sigma >= this (guidance interval); 0 = every step
+    clamp_x0: float | None = None  # clamp the implied clean latent to [-c, c] each step (dynamic thresholding)
 
 
 def build_scheduler(spec: SamplerSpec):
@@ -55,11 +58,16 @@ def sample(backbone: BackboneAdapter, cond: Conditioning, uncond: Conditioning |
 
         iterator = track(steps, description="sampling", transient=True)
     for t in iterator:
-        model_in = torch.cat([latents, latents]) if use_cfg else latents
+        sigma = float(t) / NUM_TRAIN_TIMESTEPS
+        guided = use_cfg and sigma >= spec.guidance_min_sigma
+        model_in = torch.cat([latents, latents]) if guided else latents
         timestep = t.expand(model_in.shape[0]).to(device)
-        pred = backbone.denoise(model_in.to(dtype), timestep, both).float()
-        if use_cfg:
+        pred = backbone.denoise(model_in.to(dtype), timestep, both if guided else cond).float()
+        if guided:
             pred_cond, pred_uncond = pred.chunk(2)
             pred = pred_uncond + spec.guidance_scale * (pred_cond - pred_uncond)
+        if spec.clamp_x0 is not None and sigma > 0:
+            x0 = (latents - sigma * pred).clamp(-spec.clamp_x0, spec.clamp_x0)
+            pred = (latents - x0) / sigma
         latents = scheduler.step(pred, t, latents, return_dict=False)[0]
     return latents

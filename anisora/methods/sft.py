@@ -61,12 +61,16 @@ class SFTMethod(pl.LightningModule):
         guide, mask = torch.stack(guides).to(self.device), torch.stack(masks).to(self.device)
         cond = self.backbone.conditioning(captions, guide, mask)
         noisy, target = noisy_sample(x0, noise, sigma)
-        return {"noisy": noisy, "target": target, "timestep": timesteps_from_sigmas(sigma), "cond": cond}
+        return {"noisy": noisy, "target": target, "timestep": timesteps_from_sigmas(sigma), "cond": cond,
+                "captions": captions}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         with torch.no_grad():
             inputs = self.training_batch(batch)
-        pred = self.backbone.denoise(inputs["noisy"], inputs["timestep"], inputs["cond"])
+        cond = inputs["cond"]
+        if any(m is not self.backbone.denoiser for m in self.backbone.trainable_modules()):
+            cond.text = self.backbone.encode_prompt(inputs["captions"])  # again, with gradients
+        pred = self.backbone.denoise(inputs["noisy"], inputs["timestep"], cond)
         loss = F.mse_loss(pred.float(), inputs["target"].float())
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["seed"]))
         return loss

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from anisora.accelerators.devices import inference_dtype, resolve_device, set_num_threads
 from anisora.config.errors import ConfigError
@@ -48,8 +48,7 @@ def check_guide_files(cfg: DictConfig) -> list[Path]:
 
 
 def sampler_spec(cfg: DictConfig) -> SamplerSpec:
-    return SamplerSpec(name=cfg.sampler.name, num_steps=cfg.sampler.num_steps, shift=cfg.sampler.shift,
-                       guidance_scale=cfg.sampler.guidance_scale)
+    return SamplerSpec(**OmegaConf.to_container(cfg.sampler, resolve=True))
 
 
 def world_from_data(data: dict) -> WorldConfig:
