@@ -41,7 +41,9 @@ def offline_env(tmp_path_factory, monkeypatch):
 def run_entry(script: str, *overrides: str, log_dir: Path, run_dir: Path | None = None,
               timeout: float = 300) -> subprocess.CompletedProcess:
     """Run train.py / infer.py / evaluate.py as a user would, with outputs under `log_dir`."""
-    args = [sys.executable, str(ROOT / script), f"paths.log_dir={log_dir}", *overrides]
+    flags = [o for o in overrides if o.startswith("-")]  # e.g. -m; argparse wants flags before overrides
+    args = [sys.executable, str(ROOT / script), *flags, f"paths.log_dir={log_dir}",
+            *[o for o in overrides if not o.startswith("-")]]
     if run_dir is not None:
         args.append(f"hydra.run.dir={run_dir}")
     env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -80,7 +80,7 @@ class DataConfig:
     width: int = 16
     sprite_size: int = bounded(6, 3)
     seed: int = 0
-    batch_size: int = bounded(8, 1)
+    batch_size: int = bounded(4, 1)
     num_workers: int = bounded(0, 0)
     val_clips: int = bounded(4, 1)
 
@@ -120,8 +120,8 @@ class OptimizerConfig:
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = bounded(1500, 1)
-    val_every_n_steps: int = bounded(500, 1)
+    max_steps: int = bounded(3000, 1)
+    val_every_n_steps: int = bounded(1000, 1)
     log_every_n_steps: int = bounded(25, 1)
     gradient_clip_val: float = bounded(1.0, 0.0)
     accumulate_grad_batches: int = bounded(1, 1)

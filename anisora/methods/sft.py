@@ -75,7 +75,10 @@ class SFTMethod(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["seed"]))
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """EMA follows each optimizer step here (not in on_train_batch_end, which runs after the
+        checkpoint callback), so a checkpoint's EMA matches its weights and resume is exact."""
+        super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
             with torch.no_grad():
                 for e, p in zip(self.ema.parameters(), self.backbone.denoiser.parameters()):

@@ -78,16 +78,16 @@ def route_library_logs() -> None:
         logger.propagate = True
 
 
-def remove_if_empty(folder: Path, stop: Path) -> None:
-    """Undo the run folders Hydra created when the run stops on bad input before writing anything."""
-    stop = stop.resolve()
-    path = folder.resolve()
-    while path != stop and stop in path.parents:
+def remove_if_empty(folder: Path, top: Path) -> None:
+    """Undo the empty run folders Hydra created (up to and including `top`, the log folder) when a run
+    stops on bad input before writing anything."""
+    top, path = top.resolve(), folder.resolve()
+    chain = [path, *[p for p in path.parents if top == p or top in p.parents]] if top in path.parents else [path]
+    for directory in chain:
         try:
-            path.rmdir()
+            directory.rmdir()
         except OSError:
             return
-        path = path.parent
 
 
 def run_task(cfg: DictConfig, groups: list[str], body: Callable[[DictConfig, Path], Any]) -> Any:
@@ -101,7 +101,7 @@ def run_task(cfg: DictConfig, groups: list[str], body: Callable[[DictConfig, Pat
         check_config(cfg, groups)
         return body(cfg, run_dir)
     except ConfigError as ex:
-        remove_if_empty(run_dir, Path(cfg.paths.root_dir))
+        remove_if_empty(run_dir, Path(cfg.paths.log_dir))
         print(f"error: {ex}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:

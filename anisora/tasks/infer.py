@@ -109,7 +109,7 @@ def infer(cfg: DictConfig, run_dir: Path) -> list[Path]:
         guides = {}
         for index, image in requests[i][0]:
             f_index = resolve_index(index, f, "guide.indices")
-            given = to_uint8_frames(image[:, None, None])[0, 0]
+            given = to_uint8_frames(image[None, :, None])[0, 0]
             atomic_write_bytes(run_dir / "guides" / f"clip{i:02d}_frame{f_index:04d}.png", encode_png(given))
             guides[str(f_index)] = round(psnr(clip[f_index], given), 3)
         fidelity.append(guides)
