@@ -120,7 +120,7 @@ class OptimizerConfig:
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = bounded(3000, 1)
+    max_steps: int = bounded(4000, 1)
     val_every_n_steps: int = bounded(1000, 1)
     log_every_n_steps: int = bounded(25, 1)
     gradient_clip_val: float = bounded(1.0, 0.0)
