@@ -6,6 +6,7 @@ from a generator seeded by that sample's own seed, so a resumed run repeats an u
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from typing import Any
@@ -39,6 +40,7 @@ class SFTMethod(pl.LightningModule):
         self.sampler_spec = SamplerSpec(**sampler)
         self.ema_decay = float(optimizer.get("ema_decay", 0.0))
         self.ema = copy.deepcopy(self.backbone.denoiser).requires_grad_(False) if self.ema_decay > 0 else None
+        self.log_videos = True  # validation videos go to W&B when a W&B logger is attached
 
     # ----------------------------------------------------------------- training
     def training_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -101,6 +103,19 @@ class SFTMethod(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ----------------------------------------------------------------- sampling
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Sample with the EMA denoiser inside the block (training weights are untouched)."""
+        if self.ema is None:
+            yield
+            return
+        trained = self.backbone.denoiser
+        self.backbone.denoiser = self.ema
+        try:
+            yield
+        finally:
+            self.backbone.denoiser = trained
+
     def use_ema_weights(self) -> None:
         """Copy EMA weights into the backbone (for export and inference after loading)."""
         if self.ema is not None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 
 from anisora.evaluation.metrics import aggregate, score_clip
 from anisora.guidance.pair import pair_from_video
@@ -18,18 +19,10 @@ def validate_samples(method: pl.LightningModule, batch: dict[str, Any]) -> None:
     """Generate, score against the clips' ground truth, log `val/*` and the videos."""
     video = batch["video"]
     pairs = [pair_from_video(v.cpu(), [0]) for v in video]
-    guide = np.stack([p[0] for p in pairs])
-    mask = np.stack([p[1] for p in pairs])
-    denoiser = method.backbone.denoiser
-    if getattr(method, "ema", None) is not None:
-        method.backbone.denoiser = method.ema
-    try:
-        import torch
-
-        frames = generate(method.backbone, list(batch["caption"]), torch.from_numpy(guide), torch.from_numpy(mask),
-                          seeds=list(range(len(video))), spec=method.sampler_spec)
-    finally:
-        method.backbone.denoiser = denoiser
+    guide, mask = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    with method.ema_weights():
+        frames = generate(method.backbone, list(batch["caption"]), guide, mask, seeds=list(range(len(video))),
+                          spec=method.sampler_spec)
     real = to_uint8_frames(video)
     scores = [score_clip(f"val{i}", frames[i], real[i, 0], batch["truth"][i]) for i in range(len(frames))]
     metrics = aggregate(scores)
@@ -52,7 +45,7 @@ def log_videos(trainer: pl.Trainer, paths: list[Path], captions: list[str]) -> N
     from lightning.pytorch.loggers import WandbLogger
 
     for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and getattr(trainer.lightning_module, "log_videos", True):
+        if isinstance(logger, WandbLogger) and trainer.lightning_module.log_videos:
             import wandb
 
             logger.experiment.log({"val/samples": [wandb.Video(str(p), caption=c, format="mp4")
