@@ -133,7 +133,6 @@ def find_checkpoint(spec: str | None, log_dir: Path, key: str) -> Path | None:
 
 
 def environment_defaults() -> None:
-    """Offline by default: no hub calls, W&B offline unless the user says otherwise."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """W&B offline unless the user says otherwise (HF_HUB_OFFLINE is set when anisora is imported)."""
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")

@@ -15,7 +15,7 @@ from anisora.data.synthetic import benchmark_clips
 from anisora.evaluation.metrics import ClipScore, aggregate, score_clip
 from anisora.evaluation.report import write_report
 from anisora.guidance.pair import pair_from_video
-from anisora.inference.loading import load_model, read_hparams, trained_data
+from anisora.inference.loading import load_model
 from anisora.inference.pipeline import from_uint8_frames, generate
 from anisora.inference.video_io import (
     atomic_write_bytes,
@@ -50,10 +50,11 @@ def score_folder(folder: Path) -> list[ClipScore]:
 
 def generate_benchmark(cfg: DictConfig, ckpt: Path, run_dir: Path) -> list[ClipScore]:
     """Sample the benchmark clips guided by their first frame and caption; keep every video with its truth."""
-    data = trained_data(read_hparams(ckpt))
-    world = world_from_data(data)
     device = resolve_device(cfg.accelerator.name)
     model = load_model(ckpt, device, inference_dtype(device, cfg.accelerator.precision))
+    data = model.data
+    world = world_from_data(data)
+    scale = display_scale(world.height, world.width)
     clips = benchmark_clips(world, int(data.get("seed", 0)), cfg.num_clips)
     spec = sampler_spec(cfg)
     scores: list[ClipScore] = []
@@ -65,11 +66,10 @@ def generate_benchmark(cfg: DictConfig, ckpt: Path, run_dir: Path) -> list[ClipS
                        torch.stack([p[1] for p in pairs]), [cfg.seed + start + i for i in range(len(batch))], spec)
         for i, (clip, video) in enumerate(zip(batch, out)):
             name = f"bench{start + i:03d}"
-            scale = display_scale(world.height, world.width)
             write_mp4(run_dir / "videos" / f"{name}.mp4", video, scale=scale)
             atomic_write_bytes(run_dir / "videos" / f"{name}.guide.png", encode_png(clip.video[0]))
             meta = {"caption": clip.caption, "truth": clip.truth.to_json(), "scale": scale}
-            (run_dir / "videos" / f"{name}.json").write_text(json.dumps(meta) + "\n")
+            atomic_write_bytes(run_dir / "videos" / f"{name}.json", (json.dumps(meta) + "\n").encode())
             scores.append(score_clip(name, video, clip.video[0], meta["truth"]))
         log.info("scored %d / %d clips", len(scores), len(clips))
     return scores
