@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from anisora.backbones.tiny import TinyBackboneSpec, build_tiny_backbone
-from anisora.diffusion.flow_matching import noisy_sample, sample_sigmas, shift_sigmas
+from anisora.diffusion.flow_matching import (
+    motion_loss_weight,
+    noisy_sample,
+    sample_sigmas,
+    shift_sigmas,
+    weighted_mse,
+)
 from anisora.diffusion.sampling import SamplerSpec, sample
 
 SPEC = TinyBackboneSpec(num_layers=1, num_attention_heads=2, attention_head_dim=8, ffn_dim=32, text_dim=16,
@@ -69,3 +75,26 @@ def test_flow_matching_targets_and_shift():
     assert torch.allclose(shift_sigmas(torch.tensor([0.5]), 3.0), torch.tensor([0.75]))
     sig = sample_sigmas(4096, 3.0, torch.Generator().manual_seed(0))
     assert 0 < sig.min() and sig.max() < 1 and sig.mean() > 0.6  # shift 3 favours high noise
+
+
+def test_motion_weight_is_one_where_nothing_moves_and_peaks_where_most_changes():
+    x0 = torch.zeros(2, 4, 3, 4, 4)
+    x0[0, :, 1, 2, 3] = 1.0  # sample 0: one latent location changes after the first frame
+    x0[0, :, 2, 2, 3] = 0.5
+    w = motion_loss_weight(x0, 4.0)
+    assert w.shape == (2, 1, 3, 4, 4)
+    assert w[0, 0, 1, 2, 3] == pytest.approx(5.0) and w[0, 0, 2, 2, 3] == pytest.approx(3.0)
+    assert (w[1] == 1.0).all() and w[0, 0, 0].eq(1.0).all()  # still sample and first frame: plain weight
+    assert motion_loss_weight(x0, 0.0) is None
+    residual = torch.cat([x0[:, :, :1] + 7.0, x0[:, :, 1:]], dim=2)  # same motion, stored as differences
+    assert torch.allclose(motion_loss_weight(residual, 4.0, residual=True), w)
+
+
+def test_weighted_mse_reduces_to_mse_and_follows_the_weight():
+    pred, target = torch.randn(2, 4, 3, 4, 4), torch.randn(2, 4, 3, 4, 4)
+    plain = (pred - target).square().mean()
+    assert torch.allclose(weighted_mse(pred, target, None), plain)
+    assert torch.allclose(weighted_mse(pred, target, torch.full((2, 1, 3, 4, 4), 3.0)), plain)
+    only = torch.zeros(2, 1, 3, 4, 4)
+    only[0, 0, 1, 2, 3] = 1.0
+    assert torch.allclose(weighted_mse(pred, target, only), (pred - target)[0, :, 1, 2, 3].square().mean())

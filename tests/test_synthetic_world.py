@@ -60,6 +60,14 @@ def test_speed_grows_with_motion_score():
     assert speeds == sorted(speeds) and speeds[0] > 0
 
 
+def test_slowest_speed_sets_the_lowest_motion_score_and_the_top_stays_at_full_speed():
+    fastest = speed_for_motion_score(WORLD, MOTION_SCORE_LEVELS[-1])
+    assert speed_for_motion_score(WORLD, MOTION_SCORE_LEVELS[0]) == pytest.approx(fastest / 3)  # default
+    half = WorldConfig(num_frames=9, height=16, width=16, sprite_size=6, slowest_speed=0.5)
+    assert speed_for_motion_score(half, MOTION_SCORE_LEVELS[0]) == pytest.approx(fastest / 2)
+    assert speed_for_motion_score(half, MOTION_SCORE_LEVELS[-1]) == pytest.approx(fastest)
+
+
 def test_benchmark_split_is_balanced_and_disjoint_from_training():
     bench = benchmark_clips(WORLD, 0, 32)
     assert sorted(c.truth.direction for c in bench) == sorted(DIRECTIONS * 8)

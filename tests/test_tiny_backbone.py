@@ -28,6 +28,17 @@ def test_codec_is_lossless_and_groups_frames_like_wan(spatial):
     assert diff[0] == 0 and diff[1] == 0 and diff[2] > 0
 
 
+@pytest.mark.parametrize("spatial", [1, 2])
+def test_residual_codec_is_lossless_and_zero_for_a_still_clip(spatial):
+    codec = SpaceToDepthCodec(spatial_factor=spatial, scale=2.0, residual=True)
+    video = torch.rand(2, 3, 9, 8, 8) * 2 - 1
+    assert torch.allclose(codec.decode(codec.encode(video)), video, atol=1e-6)
+    still = video[:, :, :1].expand(-1, -1, 9, -1, -1)
+    latent = codec.encode(still)
+    assert latent[:, :, 1:].abs().max() < 1e-6  # nothing moves: later latent frames are empty
+    assert torch.allclose(latent[:, :, 0], SpaceToDepthCodec(spatial, scale=2.0).encode(still)[:, :, 0])
+
+
 def test_backbone_wires_wan_i2v_channels_and_denoises():
     bb = build_tiny_backbone(SMALL)
     assert bb.denoiser.config.in_channels == 2 * bb.latent_channels + 4

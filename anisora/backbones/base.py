@@ -45,6 +45,8 @@ class BackboneAdapter(nn.Module, ABC):
     #: the denoiser's patch size (t, h, w) on the latent grid
     patch_size: tuple[int, int, int] = (1, 2, 2)
     latent_channels: int = 16
+    #: latent frames after the first hold their difference to the first (the loss weighting needs to know)
+    residual_latents: bool = False
 
     @abstractmethod
     def encode_video(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -24,14 +24,20 @@ SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
 
 class SpaceToDepthCodec(nn.Module):
     """A lossless 'VAE': frame 0 alone, then groups of `temporal_factor` frames, each folded with
-    `spatial_factor` x `spatial_factor` pixel blocks into channels (like Wan's VAE strides)."""
+    `spatial_factor` x `spatial_factor` pixel blocks into channels (like Wan's VAE strides).
 
-    def __init__(self, spatial_factor: int = 2, temporal_factor: int = 4, scale: float = 1.0) -> None:
+    With `residual`, latent frames after the first hold their difference to the first (whose slot
+    repeats frame 0 in the same channel layout): like Wan's causal VAE, later latents depend on
+    frame 0, and a static background is zero there, so the loss is spent on what moves."""
+
+    def __init__(self, spatial_factor: int = 2, temporal_factor: int = 4, scale: float = 1.0,
+                 residual: bool = False) -> None:
         super().__init__()
         self.spatial_factor = spatial_factor
         self.temporal_factor = temporal_factor
         self.channels = 3 * temporal_factor * spatial_factor**2
         self.scale = scale
+        self.residual = residual
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         b, c, f, h, w = pixels.shape
@@ -42,12 +48,18 @@ class SpaceToDepthCodec(nn.Module):
         t = x.shape[2] // tf
         x = x.reshape(b, c, t, tf, h // s, s, w // s, s)
         x = x.permute(0, 3, 1, 5, 7, 2, 4, 6)  # (B, tf, C, s, s, T, h, w)
-        return x.reshape(b, self.channels, t, h // s, w // s) * self.scale
+        x = x.reshape(b, self.channels, t, h // s, w // s)
+        if self.residual:
+            x = torch.cat([x[:, :, :1], x[:, :, 1:] - x[:, :, :1]], dim=2)
+        return x * self.scale
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         b, _, t, h, w = latents.shape
         tf, s = self.temporal_factor, self.spatial_factor
-        x = (latents / self.scale).reshape(b, tf, 3, s, s, t, h, w)
+        x = latents / self.scale
+        if self.residual:
+            x = torch.cat([x[:, :, :1], x[:, :, 1:] + x[:, :, :1]], dim=2)
+        x = x.reshape(b, tf, 3, s, s, t, h, w)
         x = x.permute(0, 2, 5, 1, 6, 3, 7, 4).reshape(b, 3, t, tf, h * s, w * s)
         first = x[:, :, 0].mean(dim=2, keepdim=True)  # the repeated first frame, averaged
         rest = x[:, :, 1:].reshape(b, 3, (t - 1) * tf, h * s, w * s)
@@ -80,6 +92,7 @@ def word_tokenizer(vocabulary: list[str]) -> PreTrainedTokenizerFast:
 @dataclass
 class TinyBackboneSpec:
     spatial_factor: int = 2
+    residual_latents: bool = False
     latent_scale: float = 1.0
     num_layers: int = 4
     num_attention_heads: int = 4
@@ -103,7 +116,7 @@ def build_tiny_backbone(spec: TinyBackboneSpec) -> WanI2VBackbone:
     """Builds the components from `init_seed`, so the same spec always gives the same weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.init_seed)
-        codec = SpaceToDepthCodec(spec.spatial_factor, 4, spec.latent_scale)
+        codec = SpaceToDepthCodec(spec.spatial_factor, 4, spec.latent_scale, spec.residual_latents)
         tokenizer = word_tokenizer(world_vocabulary())
         encoder = UMT5EncoderModel(UMT5Config(
             vocab_size=len(tokenizer), d_model=spec.text_dim, d_kv=spec.text_dim // spec.text_heads,

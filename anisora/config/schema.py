@@ -46,6 +46,7 @@ class ObjectiveConfig:
     name: str = choice("flow_match")
     shift: float = bounded(3.0, 0.01)
     timestep_sampling: str = choice("uniform", "logit_normal")
+    motion_weight: float = bounded(0.0, 0.0)  # extra loss weight on latents that differ from the first frame's
 
 
 @dataclass
@@ -55,6 +56,7 @@ class TinyModelConfig:
     _target_: str = "anisora.backbones.tiny.build"
     kind: str = choice("tiny")
     spatial_factor: int = bounded(1, 1)
+    residual_latents: bool = False  # latent frames after the first hold their difference to it (a causal codec)
     latent_scale: float = bounded(2.0, 1e-6)
     num_layers: int = bounded(4, 1)
     num_attention_heads: int = bounded(4, 1)
@@ -79,6 +81,7 @@ class DataConfig:
     height: int = 16
     width: int = 16
     sprite_size: int = bounded(6, 3)
+    slowest_speed: float = bounded(1 / 3, 0.05, 1.0)  # speed at the lowest motion score, as a fraction of the fastest
     seed: int = 0
     batch_size: int = bounded(4, 1)
     num_workers: int = bounded(0, 0)

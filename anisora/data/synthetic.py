@@ -54,6 +54,7 @@ class WorldConfig:
     width: int = 32
     sprite_size: int = 9
     margin: int = 1
+    slowest_speed: float = 1 / 3  # speed at the lowest motion score, as a fraction of the fastest
 
 
 @dataclass
@@ -100,8 +101,11 @@ def max_speed(cfg: WorldConfig, axis_length: int) -> float:
 
 
 def speed_for_motion_score(cfg: WorldConfig, motion_score: float) -> float:
-    """Documented mapping: motion score 3.0 crosses the shorter frame side; speed is linear in it."""
-    return motion_score / MOTION_SCORE_LEVELS[-1] * max_speed(cfg, min(cfg.height, cfg.width))
+    """Documented mapping: the top motion score crosses the shorter frame side, the lowest moves at
+    `slowest_speed` of that, and speed is linear in the score in between."""
+    lo, hi = MOTION_SCORE_LEVELS[0], MOTION_SCORE_LEVELS[-1]
+    fraction = cfg.slowest_speed + (1.0 - cfg.slowest_speed) * (motion_score - lo) / (hi - lo)
+    return fraction * max_speed(cfg, min(cfg.height, cfg.width))
 
 
 def _background(rng: np.random.Generator, cfg: WorldConfig, scene: str, aesthetic: float) -> np.ndarray:

@@ -33,3 +33,24 @@ def noisy_sample(x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) ->
 def timesteps_from_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
     """The DiT's timestep input, on the same 0..1000 scale diffusers' flow schedulers use."""
     return sigmas * NUM_TRAIN_TIMESTEPS
+
+
+def motion_loss_weight(x0: torch.Tensor, strength: float, residual: bool = False) -> torch.Tensor | None:
+    """Per-location loss weight 1 + strength * (how far each latent frame is from the first one,
+    scaled to [0, 1] per sample): what moves is a small part of a clip but decides its motion.
+    `residual`: the latents after the first already hold that difference."""
+    if strength <= 0:
+        return None
+    delta = torch.cat([torch.zeros_like(x0[:, :, :1]), x0[:, :, 1:]], dim=2) if residual else x0 - x0[:, :, :1]
+    change = delta.abs().mean(dim=1, keepdim=True)  # (B, 1, T, h, w)
+    peak = change.flatten(1).amax(dim=1).clamp_min(1e-6).view(-1, 1, 1, 1, 1)
+    return 1.0 + strength * change / peak
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """MSE, with an optional broadcastable weight normalised to mean 1 (the loss scale stays comparable)."""
+    err = (pred - target).square()
+    if weight is None:
+        return err.mean()
+    weight = weight.expand_as(err)
+    return (err * weight).sum() / weight.sum()

@@ -13,10 +13,15 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 
 from anisora.backbones import build_backbone
-from anisora.diffusion.flow_matching import noisy_sample, sample_sigmas, timesteps_from_sigmas
+from anisora.diffusion.flow_matching import (
+    motion_loss_weight,
+    noisy_sample,
+    sample_sigmas,
+    timesteps_from_sigmas,
+    weighted_mse,
+)
 from anisora.diffusion.sampling import SamplerSpec
 from anisora.guidance.pair import pair_from_video
 from anisora.guidance.policy import TrainGuidePolicy
@@ -33,6 +38,7 @@ class SFTMethod(pl.LightningModule):
         objective = model.get("objective", {})
         self.shift = float(objective.get("shift", 1.0))
         self.timestep_sampling = str(objective.get("timestep_sampling", "uniform"))
+        self.motion_weight = float(objective.get("motion_weight", 0.0))
         self.policy = TrainGuidePolicy(
             p_random_main=guide["p_random_main"], p_second=guide["p_second"],
             p_drop_guides=guide["p_drop_guides"], p_drop_text=guide["p_drop_text"],
@@ -63,8 +69,9 @@ class SFTMethod(pl.LightningModule):
         guide, mask = torch.stack(guides).to(self.device), torch.stack(masks).to(self.device)
         cond = self.backbone.conditioning(captions, guide, mask)
         noisy, target = noisy_sample(x0, noise, sigma)
+        weight = motion_loss_weight(x0, self.motion_weight, self.backbone.residual_latents)
         return {"noisy": noisy, "target": target, "timestep": timesteps_from_sigmas(sigma), "cond": cond,
-                "captions": captions}
+                "captions": captions, "weight": weight}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         with torch.no_grad():
@@ -73,7 +80,7 @@ class SFTMethod(pl.LightningModule):
         if any(m is not self.backbone.denoiser for m in self.backbone.trainable_modules()):
             cond.text = self.backbone.encode_prompt(inputs["captions"])  # again, with gradients
         pred = self.backbone.denoise(inputs["noisy"], inputs["timestep"], cond)
-        loss = F.mse_loss(pred.float(), inputs["target"].float())
+        loss = weighted_mse(pred.float(), inputs["target"].float(), inputs["weight"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["seed"]))
         return loss
 

@@ -54,7 +54,8 @@ def sampler_spec(cfg: DictConfig) -> SamplerSpec:
 def world_from_data(data: dict) -> WorldConfig:
     """The synthetic world a checkpoint was trained on (benchmark clips come from the same world)."""
     return WorldConfig(num_frames=data["num_frames"], height=data["height"], width=data["width"],
-                       sprite_size=int(data.get("sprite_size", 9)))
+                       sprite_size=int(data.get("sprite_size", 9)),
+                       slowest_speed=float(data.get("slowest_speed", 1 / 3)))
 
 
 def benchmark_requests(world: WorldConfig, seed: int, count: int, indices: list[int], prompt: str | None):

@@ -24,7 +24,7 @@ GROUPS = ["model", "data", "guide", "sampler", "accelerator", "optimizer", "trai
 
 def world_of(data: DictConfig) -> WorldConfig:
     return WorldConfig(num_frames=data.num_frames, height=data.height, width=data.width,
-                       sprite_size=data.sprite_size)
+                       sprite_size=data.sprite_size, slowest_speed=data.slowest_speed)
 
 
 def check_data(cfg: DictConfig) -> None:
