@@ -39,3 +39,26 @@ def lightning_accelerator(name: str) -> str:
 def set_num_threads(num_threads: int | None) -> None:
     if num_threads:
         torch.set_num_threads(num_threads)
+
+
+def empty_cache() -> None:
+    """Return freed blocks of the accelerator's caching allocator (after offloading encoders)."""
+    if cuda_available():
+        torch.cuda.empty_cache()
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak allocated accelerator memory since the last reset, in GiB (0 on the CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return 0.0
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

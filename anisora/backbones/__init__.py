@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from hydra.utils import instantiate
 
 from anisora.backbones.base import BackboneAdapter, Conditioning
+from anisora.config.errors import ConfigError
 
-__all__ = ["BackboneAdapter", "Conditioning", "build_backbone", "backbone_kwargs", "latent_grid"]
+__all__ = ["BackboneAdapter", "Conditioning", "build_backbone", "backbone_kwargs", "latent_grid", "load_pretrained"]
 
 # Keys of a model config that describe training, not the network.
-NON_NETWORK_KEYS = ("kind", "objective")
+NON_NETWORK_KEYS = ("kind", "objective", "native", "offload_encoders")
 
 
 def backbone_kwargs(model_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -23,9 +25,18 @@ def build_backbone(model_cfg: dict[str, Any]) -> BackboneAdapter:
     return instantiate(backbone_kwargs(model_cfg), _convert_="all")
 
 
+def load_pretrained(model_cfg: dict[str, Any], folder: str, dtype: torch.dtype) -> BackboneAdapter:
+    """A model family's weights from a diffusers-format folder, loaded straight into `dtype`."""
+    if model_cfg.get("kind") == "tiny":
+        raise ConfigError("ckpt", f"{folder} is a folder; name its model family (e.g. model=wan14b, model=wan1.3b)")
+    values = backbone_kwargs(model_cfg)
+    values["ckpt"] = folder
+    return instantiate(values, _convert_="all", dtype=dtype)
+
+
 def latent_grid(model_cfg: dict[str, Any]) -> tuple[int, int, int]:
     """(temporal factor, spatial factor, patch) of a model config, known before anything is built."""
     kind = model_cfg.get("kind")
     if kind == "tiny":
         return 4, int(model_cfg["spatial_factor"]), 2
-    return 4, 8, 2
+    return 4, 8, 2  # Wan2.1 and CogVideoX: VAE x4 in time, x8 in space; DiT patch 2x2

@@ -73,6 +73,53 @@ class TinyModelConfig:
 
 
 @dataclass
+class NativeSizeConfig:
+    """The clip size a model was trained for: infer.py uses it unless size.* says otherwise."""
+
+    num_frames: int = 81
+    height: int = 480
+    width: int = 832
+
+
+@dataclass
+class WanModelConfig:
+    """Wan2.1 T2V or I2V at any size (anisora.backbones.wan_loading.WanSpec); weights from `ckpt`."""
+
+    _target_: str = "anisora.backbones.wan_loading.build"
+    kind: str = choice("wan")
+    variant: str = choice("i2v", "t2v")
+    ckpt: Optional[str] = None  # diffusers-format folder; None builds random weights (benchmarks, from scratch)
+    num_layers: int = bounded(40, 1)
+    num_attention_heads: int = bounded(40, 1)
+    attention_head_dim: int = bounded(128, 1)
+    ffn_dim: int = bounded(13824, 1)
+    in_channels: int = bounded(36, 1)
+    out_channels: int = bounded(16, 1)
+    text_dim: int = bounded(4096, 1)
+    freq_dim: int = bounded(256, 2)
+    image_dim: Optional[int] = 1280
+    pos_embed_seq_len: Optional[int] = None
+    rope_max_seq_len: int = bounded(1024, 1)
+    max_sequence_length: int = bounded(512, 1)
+    text_layers: int = bounded(24, 1)
+    text_heads: int = bounded(64, 1)
+    text_ff: int = bounded(10240, 1)
+    text_vocab: int = bounded(256384, 1)
+    clip_layers: int = bounded(32, 1)
+    clip_heads: int = bounded(16, 1)
+    clip_ff: int = bounded(5120, 1)
+    clip_image_size: int = bounded(224, 1)
+    clip_patch: int = bounded(14, 1)
+    vae_base_dim: int = bounded(96, 1)
+    vae_tiling: bool = True  # tiled VAE decode: needed at 480p and above on one GPU
+    train_text_encoder: bool = False
+    init_seed: int = 0
+    offload_encoders: bool = True  # text/image encoders go to the CPU once their embeddings exist
+    native: NativeSizeConfig = field(default_factory=NativeSizeConfig)
+    objective: ObjectiveConfig = field(default_factory=lambda: ObjectiveConfig(shift=5.0))
+
+
+@dataclass
 class DataConfig:
     """Training clips. `synthetic` renders the tiny anime world on the fly (anisora.data.synthetic)."""
 
@@ -149,6 +196,15 @@ class LoggerConfig:
 
 
 @dataclass
+class SizeConfig:
+    """Clip size for a pretrained model folder; None takes the model's native size."""
+
+    num_frames: Optional[int] = bounded(None, 1)
+    height: Optional[int] = bounded(None, 1)
+    width: Optional[int] = bounded(None, 1)
+
+
+@dataclass
 class OutputConfig:
     frames: str = choice("none", "png")
     fps: int = bounded(8, 1)
@@ -177,10 +233,11 @@ class TrainTaskConfig:
 class InferTaskConfig:
     task_name: str = "infer"
     seed: int = 0
-    ckpt: str = "latest"  # a Lightning .ckpt, or "latest" = the newest one train.py wrote
+    ckpt: str = "latest"  # a Lightning .ckpt, "latest" = the newest one train.py wrote, or a diffusers folder
     prompt: Optional[str] = None  # overrides the benchmark captions
     negative_prompt: str = ""
     num_clips: int = bounded(4, 1)  # benchmark clips to guide from when no guide.frames are given
+    size: SizeConfig = field(default_factory=SizeConfig)  # for diffusers folders (ckpt=DIR)
     model: Any = MISSING
     guide: GuideConfig = MISSING
     sampler: SamplerConfig = MISSING

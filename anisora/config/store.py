@@ -19,4 +19,5 @@ def register_configs() -> None:
     cs.store(name="infer_schema", node=schema.InferTaskConfig)
     cs.store(name="evaluate_schema", node=schema.EvaluateTaskConfig)
     cs.store(group="model", name="tiny_schema", node=schema.TinyModelConfig)
+    cs.store(group="model", name="wan_schema", node=schema.WanModelConfig)
     _REGISTERED = True

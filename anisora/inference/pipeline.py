@@ -25,16 +25,44 @@ def from_uint8_frames(frames: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate(backbone: BackboneAdapter, prompts: list[str], guide_video: torch.Tensor, guide_mask: torch.Tensor,
-             seeds: list[int], spec: SamplerSpec, negative_prompt: str = "", progress: bool = False) -> np.ndarray:
-    """Sample one clip per prompt; G is (B, 3, F, H, W) in [-1, 1] and M is (B, F, H, W)."""
+def generate_pixels(backbone: BackboneAdapter, prompts: list[str], guide_video: torch.Tensor,
+                    guide_mask: torch.Tensor, seeds: list[int], spec: SamplerSpec, negative_prompt: str = "",
+                    progress: bool = False, offload_encoders: bool = False) -> torch.Tensor:
+    """Sample one clip per prompt -> decoded pixels (B, 3, F, H, W) in [-1, 1], before quantisation.
+
+    G is (B, 3, F, H, W) in [-1, 1] and M is (B, F, H, W). With `offload_encoders` the frozen text
+    and image encoders go to the CPU once their embeddings exist, before the DiT runs.
+    """
     device = next(backbone.denoiser.parameters()).device
     guide_video, guide_mask = guide_video.to(device), guide_mask.to(device)
     _, _, f, h, w = guide_video.shape
+    latent_shape = backbone.latent_shape(f, h, w)
     cond = backbone.conditioning(prompts, guide_video, guide_mask)
     uncond = None
     if spec.guidance_scale != 1.0:
         negative = backbone.encode_prompt([negative_prompt] * len(prompts))
         uncond = Conditioning(text=negative, guide=cond.guide, image=cond.image)  # same guide, no caption
-    latents = sample(backbone, cond, uncond, backbone.latent_shape(f, h, w), seeds, spec, progress=progress)
-    return to_uint8_frames(backbone.decode_latents(latents))
+    if offload_encoders:
+        offload(backbone)
+    latents = sample(backbone, cond, uncond, latent_shape, seeds, spec, progress=progress)
+    return backbone.decode_latents(latents)
+
+
+def offload(backbone: BackboneAdapter) -> None:
+    """Move the frozen encoders to the CPU and release their device memory."""
+    encoders = backbone.encoders() if hasattr(backbone, "encoders") else []
+    for module in encoders:
+        module.to("cpu")
+    if encoders:
+        from anisora.accelerators.devices import empty_cache
+
+        empty_cache()
+
+
+def generate(backbone: BackboneAdapter, prompts: list[str], guide_video: torch.Tensor, guide_mask: torch.Tensor,
+             seeds: list[int], spec: SamplerSpec, negative_prompt: str = "", progress: bool = False,
+             offload_encoders: bool = False) -> np.ndarray:
+    """`generate_pixels` -> (B, F, H, W, 3) uint8 frames."""
+    pixels = generate_pixels(backbone, prompts, guide_video, guide_mask, seeds, spec, negative_prompt, progress,
+                             offload_encoders)
+    return to_uint8_frames(pixels)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from anisora.accelerators.devices import inference_dtype, resolve_device, set_num_threads
+from anisora.backbones import latent_grid, load_pretrained
+from anisora.backbones.base import check_clip_shape
 from anisora.config.errors import ConfigError
+from anisora.config.validate import check_node
 from anisora.data.synthetic import WorldConfig, benchmark_clips
 from anisora.diffusion.sampling import SamplerSpec
 from anisora.evaluation.metrics import psnr
@@ -69,12 +73,61 @@ def benchmark_requests(world: WorldConfig, seed: int, count: int, indices: list[
     return requests
 
 
-def infer(cfg: DictConfig, run_dir: Path) -> list[Path]:
-    image_paths = check_guide_files(cfg)
+@dataclass
+class Plan:
+    """What infer.py will sample, decided (and checked) before any weights are loaded."""
+
+    source: str  # "lightning" (a train.py checkpoint) or "folder" (a diffusers-format model folder)
+    ckpt: Path
+    frames: int
+    height: int
+    width: int
+    hparams: dict | None = None
+
+
+def plan(cfg: DictConfig, image_paths: list[Path]) -> Plan:
+    spec = str(cfg.ckpt)
+    folder = Path(spec).expanduser()
+    if spec not in ("last", "latest") and folder.is_dir():
+        if cfg.model.kind == "tiny":
+            raise ConfigError("ckpt", f"{folder} is a model folder; name its family, e.g. model=wan14b")
+        check_node(cfg.model, "model")
+        native = cfg.model.native
+        f, h, w = (cfg.size[k] if cfg.size[k] is not None else native[k] for k in ("num_frames", "height", "width"))
+        check_clip_shape(f, h, w, *latent_grid(OmegaConf.to_container(cfg.model)), prefix="size")
+        if cfg.model.variant == "i2v" and not image_paths:
+            raise ConfigError("guide.frames", "an image-to-video model needs guide images: guide.frames=[first.png]")
+        if cfg.model.variant == "t2v" and image_paths:
+            raise ConfigError("guide.frames", "a text-to-video model takes no guide images; leave guide.frames empty")
+        if not cfg.prompt:
+            raise ConfigError("prompt", "a prompt is required with a model folder")
+        check_model_folder(cfg.model, folder)
+        return Plan("folder", folder, f, h, w)
     ckpt = find_checkpoint(cfg.ckpt, Path(cfg.paths.log_dir), "ckpt")
     hparams = read_hparams(ckpt)
     data = trained_data(hparams)
-    f, h, w = data["num_frames"], data["height"], data["width"]
+    return Plan("lightning", ckpt, data["num_frames"], data["height"], data["width"], hparams)
+
+
+def check_model_folder(model: DictConfig, folder: Path) -> None:
+    """Every part the family needs is on disk (one-line error naming the first missing one)."""
+    if model.kind == "wan":
+        from anisora.backbones.wan_loading import WanSpec, check_wan_folder
+
+        check_wan_folder(WanSpec(variant=model.variant, ckpt=str(folder)))
+
+
+def load_backbone(cfg: DictConfig, job: Plan, device: torch.device, dtype: torch.dtype):
+    if job.source == "folder":
+        backbone = load_pretrained(OmegaConf.to_container(cfg.model, resolve=True), str(job.ckpt), dtype)
+        return backbone.to(device).eval()
+    return load_model(job.ckpt, device, dtype).backbone
+
+
+def infer(cfg: DictConfig, run_dir: Path) -> list[Path]:
+    image_paths = check_guide_files(cfg)
+    job = plan(cfg, image_paths)
+    f, h, w = job.frames, job.height, job.width
     for i in cfg.guide.indices:
         resolve_index(int(i), f, "guide.indices")
     device = resolve_device(cfg.accelerator.name)
@@ -86,20 +139,25 @@ def infer(cfg: DictConfig, run_dir: Path) -> list[Path]:
         frames = [(int(i), from_uint8_frames(read_image(p, size=(h, w))[None])[:, 0])
                   for i, p in zip(cfg.guide.indices, image_paths)]
         requests = [(frames, cfg.prompt, None)]
+    elif job.source == "folder":  # text-to-video
+        requests = [([], cfg.prompt, None)]
     else:
+        data = trained_data(job.hparams)
         world = world_from_data(data)
         requests = benchmark_requests(world, int(data.get("seed", 0)), cfg.num_clips, list(cfg.guide.indices),
                                       cfg.prompt)
 
-    model = load_model(ckpt, device, inference_dtype(device, cfg.accelerator.precision))
+    backbone = load_backbone(cfg, job, device, inference_dtype(device, cfg.accelerator.precision))
     pairs = [guide_pair(frames, f, h, w) for frames, _, _ in requests]
     guide = torch.stack([p[0] for p in pairs])
     mask = torch.stack([p[1] for p in pairs])
     prompts = [r[1] for r in requests]
     seeds = [cfg.seed + i for i in range(len(requests))]
+    ckpt = job.ckpt
     log.info("sampling %d clip(s) of %dx%dx%d from %s", len(requests), f, h, w, ckpt)
-    out = generate(model.backbone, prompts, guide, mask, seeds, sampler_spec(cfg), cfg.negative_prompt,
-                   progress=True)
+    offload = job.source == "folder" and bool(cfg.model.get("offload_encoders", False))
+    out = generate(backbone, prompts, guide, mask, seeds, sampler_spec(cfg), cfg.negative_prompt,
+                   progress=True, offload_encoders=offload)
 
     written, fidelity = [], []
     scale = display_scale(h, w)

@@ -1,0 +1,73 @@
+"""infer.py on a diffusers-format model folder: `python infer.py model=wan14b ckpt=DIR` as a user runs it."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from conftest import list_files, run_entry
+from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline
+from PIL import Image
+from test_wan_parity import tiny_parts
+
+SMALL = ["accelerator=cpu", "size.num_frames=9", "size.height=32", "size.width=32", "sampler.num_steps=2",
+         "model.max_sequence_length=16", "prompt=a red slime moves left across the meadow"]
+
+
+@pytest.fixture(scope="module")
+def wan_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("weights")
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    WanImageToVideoPipeline(scheduler=scheduler, **tiny_parts("i2v")).save_pretrained(root / "i2v")
+    WanPipeline(scheduler=scheduler, **tiny_parts("t2v")).save_pretrained(root / "t2v")
+    image = root / "first.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(image)
+    return root
+
+
+def test_infer_wan14b_folder_writes_a_video(tmp_path, wan_folders):
+    result = run_entry("infer.py", "model=wan14b", f"ckpt={wan_folders / 'i2v'}",
+                       f"guide.frames=[{wan_folders / 'first.png'}]", "out.frames=png", *SMALL,
+                       log_dir=tmp_path / "outputs")
+    assert result.returncode == 0, result.stderr[-2000:]
+    files = list_files(tmp_path / "outputs")
+    assert any(str(f).endswith("clip00.mp4") for f in files)
+    assert sum(str(f).endswith(".png") and "/frames/" in str(f) for f in files) == 9
+    assert "dit" in result.stdout + result.stderr  # parameter counts are printed at start
+
+
+def test_infer_wan13b_text_to_video(tmp_path, wan_folders):
+    result = run_entry("infer.py", "model=wan1.3b", f"ckpt={wan_folders / 't2v'}", *SMALL,
+                       log_dir=tmp_path / "outputs")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert any(str(f).endswith("clip00.mp4") for f in list_files(tmp_path / "outputs"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model=tiny"], "is a model folder; name its family, e.g. model=wan14b"),
+        (["model=wan14b"], "error: guide.frames: an image-to-video model needs guide images"),
+        (["model=wan14b", "size.num_frames=8", "guide.frames=[FIRST]"], "error: size.num_frames: must be 4n+1"),
+        (["model=wan14b", "size.height=40", "guide.frames=[FIRST]"], "error: size.height: must be a positive multiple"),
+    ],
+)
+def test_bad_folder_requests_fail_before_loading(tmp_path, wan_folders, overrides, expected):
+    overrides = [o.replace("FIRST", str(wan_folders / "first.png")) for o in overrides]
+    result = run_entry("infer.py", *SMALL, f"ckpt={wan_folders / 'i2v'}", *overrides, log_dir=tmp_path / "outputs")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert expected in result.stderr
+    assert list_files(tmp_path / "outputs") == []
+
+
+def test_folder_without_vae_fails_at_once_naming_it(tmp_path, wan_folders):
+    broken = tmp_path / "broken"
+    shutil.copytree(wan_folders / "i2v", broken)
+    shutil.rmtree(broken / "vae")
+    result = run_entry("infer.py", "model=wan14b", f"ckpt={broken}", f"guide.frames=[{wan_folders / 'first.png'}]",
+                       *SMALL, log_dir=tmp_path / "outputs")
+    assert result.returncode == 2
+    assert f"error: ckpt: {broken / 'vae'} is missing" in result.stderr
+    assert list_files(tmp_path / "outputs") == []
