@@ -46,6 +46,7 @@ class WanSpec:
     text_dim: int = 4096
     freq_dim: int = 256
     image_dim: int | None = 1280
+    added_kv_proj_dim: int | None = 5120  # Wan2.1 I2V's own k_img/v_img projections of the CLIP tokens (= dim)
     pos_embed_seq_len: int | None = None  # 2 x 257 for first+last-frame (FLF2V) models
     rope_max_seq_len: int = 1024
     # UMT5-XXL text encoder
@@ -135,6 +136,7 @@ def build_random_wan(spec: WanSpec, tokenizer=None) -> WanBackbone:
             out_channels=spec.out_channels, text_dim=spec.text_dim, freq_dim=spec.freq_dim, ffn_dim=spec.ffn_dim,
             num_layers=spec.num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
             image_dim=spec.image_dim if spec.variant == "i2v" else None,
+            added_kv_proj_dim=spec.added_kv_proj_dim if spec.variant == "i2v" else None,
             pos_embed_seq_len=spec.pos_embed_seq_len, rope_max_seq_len=spec.rope_max_seq_len,
         )
         vae = AutoencoderKLWan(base_dim=spec.vae_base_dim, z_dim=spec.out_channels)

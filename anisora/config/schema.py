@@ -98,6 +98,7 @@ class WanModelConfig:
     text_dim: int = bounded(4096, 1)
     freq_dim: int = bounded(256, 2)
     image_dim: Optional[int] = 1280
+    added_kv_proj_dim: Optional[int] = 5120  # Wan2.1 I2V: separate key/value projections for the CLIP tokens
     pos_embed_seq_len: Optional[int] = None
     rope_max_seq_len: int = bounded(1024, 1)
     max_sequence_length: int = bounded(512, 1)

@@ -1,0 +1,209 @@
+"""Real-size backbones on one GPU: random bf16 weights, native clip size, 2 sampling steps.
+
+    python benchmarks/backbones.py [--models wan1.3b wan14b cogvideox5b] [--steps 2] [--stock]
+
+For each model: build it at its true size (random weights; the tokenizer is word-level, which does
+not change the cost of the encoders), then time each stage of one generation: text encode (prompt and
+negative prompt), image encode (CLIP, Wan I2V), VAE encode of the guide, the DiT per sampling step
+(classifier-free guidance: two passes), VAE decode (tiled); and the peak GPU memory of each stage
+and overall. The text and image encoders are moved to the CPU before the DiT runs, as infer.py does.
+With --stock, diffusers' own pipeline runs the same components for the same steps, and the table
+gives its wall time next to ours. Prints a table and writes benchmarks/results/backbones.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from anisora.accelerators.devices import empty_cache, peak_memory_gib, reset_peak_memory, synchronize  # noqa: E402
+from anisora.diffusion.sampling import SamplerSpec, sample  # noqa: E402
+from anisora.inference.pipeline import offload  # noqa: E402
+
+PROMPT = "a red-haired girl turns her head and smiles, cherry blossoms fall. aesthetic score: 5.5. motion score: 2.0."
+NATIVE = {  # frames, height, width
+    "wan1.3b": (81, 480, 832),
+    "wan14b": (81, 480, 832),
+    "cogvideox5b": (49, 480, 720),
+}
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+SMOKE = {"num_layers": 1, "text_layers": 1, "clip_layers": 1, "vae_base_dim": 8, "text_heads": 4, "text_dim": 64,
+         "text_ff": 64, "text_vocab": 64, "num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 32,
+         "image_dim": 32, "clip_heads": 2, "clip_ff": 32, "max_sequence_length": 16, "text_embed_dim": 64,
+         "time_embed_dim": 32}
+
+
+def build(name: str, device: torch.device, smoke: bool = False):
+    """Random weights, created directly on the GPU in bf16 (the VAE is kept in fp32)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml")
+    model = OmegaConf.to_container(cfg.get("model", cfg))
+    if smoke:  # the same code path at toy sizes, to check this script on a CPU
+        model.update({k: v for k, v in SMOKE.items() if k in model and model[k] is not None})
+    with torch.device(device), default_dtype(torch.bfloat16):
+        if name.startswith("wan"):
+            from anisora.backbones.wan_loading import WanSpec, build_random_wan
+
+            keys = WanSpec.__dataclass_fields__
+            backbone = build_random_wan(WanSpec(**{k: v for k, v in model.items() if k in keys}))
+            backbone.codec.vae.float()
+        else:
+            from anisora.backbones.cogvideox import build as build_cogvideox
+
+            skip = ("kind", "objective", "native", "offload_encoders", "defaults", "_target_", "ckpt")
+            backbone = build_cogvideox(**{k: v for k, v in model.items() if k not in skip})
+            backbone.vae.float()
+    return backbone.eval()
+
+
+def timed(device: torch.device, fn, *args, **kwargs):
+    synchronize(device)
+    reset_peak_memory(device)
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    synchronize(device)
+    return out, time.perf_counter() - start, peak_memory_gib(device)
+
+
+def guide_for(frames: int, height: int, width: int, device: torch.device):
+    g = torch.zeros(1, 3, frames, height, width, device=device)
+    g[:, :, 0] = torch.rand(1, 3, height, width, device=device) * 2 - 1
+    m = torch.zeros(1, frames, height, width, device=device)
+    m[:, 0] = 1
+    return g, m
+
+
+def parameters(backbone) -> dict[str, float]:
+    parts = {"dit": backbone.denoiser}
+    for name in ("prompt_encoder", "image_encoder", "codec", "vae"):
+        module = getattr(backbone, name, None)
+        if isinstance(module, torch.nn.Module):
+            parts[name] = module
+    return {k: sum(p.numel() for p in m.parameters()) / 1e9 for k, m in parts.items()}
+
+
+@torch.no_grad()
+def run_model(name: str, steps: int, device: torch.device, stock: bool = False, smoke: bool = False) -> dict:
+    from anisora.backbones.base import Conditioning
+
+    f, h, w = (9, 64, 64) if smoke else NATIVE[name]
+    backbone, build_s, _ = timed(device, build, name, device, smoke)
+    row: dict = {"model": name, "frames": f, "height": h, "width": w, "steps": steps, "build_s": build_s,
+                 "params_b": parameters(backbone)}
+    g, m = guide_for(f, h, w, device)
+    text, row["text_encode_s"], row["text_encode_peak_gib"] = timed(
+        device, backbone.encode_prompt, [PROMPT, ""])
+    image, row["image_encode_s"], row["image_encode_peak_gib"] = timed(device, backbone.encode_image, g, m)
+    guide, row["vae_encode_s"], row["vae_encode_peak_gib"] = timed(device, backbone.condition, g, m)
+    offload(backbone)
+    dtype = torch.bfloat16
+    image = None if image is None else image.to(dtype)
+    cond = Conditioning(text=text[:1].to(dtype), guide=guide.to(dtype), image=image)
+    uncond = Conditioning(text=text[1:].to(dtype), guide=cond.guide, image=cond.image)
+    spec = SamplerSpec(name="unipc", num_steps=steps, shift=3.0, guidance_scale=5.0)
+    shape = backbone.latent_shape(f, h, w)
+    sample(backbone, cond, uncond, shape, [0], SamplerSpec(name="unipc", num_steps=1, guidance_scale=5.0))  # warm-up
+    latents, dit_s, row["dit_peak_gib"] = timed(device, sample, backbone, cond, uncond, shape, [0], spec)
+    row["dit_step_s"] = dit_s / steps
+    _, row["vae_decode_s"], row["vae_decode_peak_gib"] = timed(device, backbone.decode_latents, latents)
+    row["peak_gib"] = max(v for k, v in row.items() if k.endswith("_peak_gib"))
+    stages = ("text_encode_s", "image_encode_s", "vae_encode_s", "vae_decode_s")
+    row["total_s"] = sum(row[k] for k in stages) + dit_s
+    del cond, uncond, latents, guide, text, image
+    empty_cache()
+    if stock and name.startswith("wan"):
+        row.update(run_stock_wan(backbone, g, steps, device))
+        row["stock_over_ours"] = row["stock_total_s"] / row["total_s"]
+    del backbone
+    empty_cache()
+    return row
+
+
+def run_stock_wan(backbone, guide: torch.Tensor, steps: int, device: torch.device) -> dict:
+    """The same components through diffusers' own Wan pipeline (encoders stay on the GPU there)."""
+    from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline
+
+    from anisora.backbones.wan_parts import to_pil_images
+
+    for module in backbone.encoders():
+        module.to(device)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    parts = {"tokenizer": backbone.prompt_encoder.tokenizer, "text_encoder": backbone.prompt_encoder.encoder,
+             "transformer": backbone.denoiser, "vae": backbone.codec.vae, "scheduler": scheduler}
+    _, _, f, h, w = guide.shape
+    kwargs = {"prompt": PROMPT, "negative_prompt": "", "height": h, "width": w, "num_frames": f,
+              "num_inference_steps": steps, "guidance_scale": 5.0, "output_type": "np",
+              "generator": torch.Generator("cpu").manual_seed(0)}
+    if backbone.image_encoder is not None:
+        pipe = WanImageToVideoPipeline(image_encoder=backbone.image_encoder.encoder,
+                                       image_processor=backbone.image_encoder.processor, **parts)
+        kwargs["image"] = to_pil_images(guide[:, :, 0])[0]
+    else:
+        pipe = WanPipeline(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    _, seconds, peak = timed(device, pipe, **kwargs)
+    return {"stock_total_s": seconds, "stock_peak_gib": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=list(NATIVE), choices=list(NATIVE))
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--stock", action="store_true", help="also time diffusers' own Wan pipelines")
+    parser.add_argument("--smoke", action="store_true", help="toy sizes on any device: checks this script")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "backbones.json")
+    args = parser.parse_args()
+    if not torch.cuda.is_available() and not args.smoke:
+        sys.exit("benchmarks/backbones.py needs a CUDA GPU (or --smoke)")
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    report = {"date": date.today().isoformat(), "device": name,
+              "torch": torch.__version__, "command": "python benchmarks/backbones.py " + " ".join(sys.argv[1:]),
+              "rows": []}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for model_name in args.models:
+        try:
+            row = run_model(model_name, args.steps, device, args.stock, args.smoke)
+        except Exception as ex:  # one model's failure (e.g. out of memory) still reports the others
+            row = {"model": model_name, "error": f"{type(ex).__name__}: {ex}".splitlines()[0]}
+            empty_cache()
+        report["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    cols = ["text_encode_s", "image_encode_s", "vae_encode_s", "dit_step_s", "vae_decode_s", "total_s", "peak_gib"]
+    print("\n| model | clip | DiT params (B) | " + " | ".join(cols) + " |")
+    print("|---|---|---|" + "---|" * len(cols))
+    for row in report["rows"]:
+        if "error" in row:
+            print(f"| {row['model']} | failed: {row['error']} |")
+            continue
+        clip = f"{row['frames']}x{row['height']}x{row['width']}"
+        stock = f" stock {row['stock_total_s']:.1f} s, x{row['stock_over_ours']:.2f}" if "stock_total_s" in row else ""
+        print(f"| {row['model']} | {clip} | {row['params_b']['dit']:.2f} | "
+              + " | ".join(f"{row[c]:.2f}" for c in cols) + f" |{stock}")
+
+
+if __name__ == "__main__":
+    main()
