@@ -13,11 +13,8 @@ half-written DST.
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
-import shutil
 import sys
-import uuid
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +23,7 @@ from typing import Any, Protocol
 import torch
 from safetensors import SafetensorError, safe_open
 
+from anisora.accelerators.checkpoint_io import write_atomically
 from anisora.backbones import cogvideox_sat, wan_original
 from anisora.config.errors import ConfigError
 
@@ -222,31 +220,6 @@ def check_destination(src: Path, dst: Path, overwrite: bool) -> None:
     s, d = src.resolve(), dst.resolve()
     if s == d or d in s.parents:
         raise ConfigError("DST", f"{dst} holds SRC; choose another folder")
-
-
-def write_atomically(dst: Path, overwrite: bool, write: Callable[[Path], None]) -> None:
-    """`write` fills a temporary sibling folder, which then replaces DST (kept as it was on any failure)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    old: Path | None = None
-    try:
-        write(tmp)
-        if dst.is_dir() and any(dst.iterdir()):
-            if not overwrite:
-                raise ConfigError("DST", f"{dst} was filled by someone else while converting")
-            old = dst.parent / f".{dst.name}.replaced-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            dst.rename(old)
-        elif dst.is_dir():
-            dst.rmdir()
-        tmp.rename(dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not dst.exists():
-            old.rename(dst)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclass
