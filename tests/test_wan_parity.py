@@ -125,10 +125,31 @@ def test_folder_round_trip_and_missing_part_is_named(tmp_path):
     assert counts["dit"] == sum(p.numel() for p in parts["transformer"].parameters())
     for name, param in parts["transformer"].state_dict().items():
         assert torch.equal(backbone.denoiser.state_dict()[name], param)
+    # AniSora V2/V3 ship the DiT in Wan's original layout: use it in place of the folder's transformer
+    from safetensors.torch import save_file
+
+    from anisora.backbones.wan_original import to_original_state_dict
+
+    original = to_original_state_dict(parts["transformer"].state_dict(), prefix="model.diffusion_model.")
+    names = sorted(original)
+    (tmp_path / "anisora_v3").mkdir()
+    for i, chunk in enumerate((names[: len(names) // 2], names[len(names) // 2 :])):
+        save_file({k: original[k].contiguous() for k in chunk},
+                  tmp_path / "anisora_v3" / f"diffusion_pytorch_model-0000{i + 1}-of-00002.safetensors")
     import shutil
 
+    shutil.rmtree(tmp_path / "wan" / "transformer")
+    swapped = build(variant="i2v", ckpt=str(tmp_path / "wan"), transformer=str(tmp_path / "anisora_v3"),
+                    max_sequence_length=TEXT_LEN, attention_head_dim=16)
+    for name, param in parts["transformer"].state_dict().items():
+        assert torch.equal(swapped.denoiser.state_dict()[name], param)
+
     shutil.rmtree(tmp_path / "wan" / "vae")
-    with pytest.raises(ConfigError, match=r"vae is missing"):
+    with pytest.raises(ConfigError, match=r"wan/vae is missing"):
+        build(variant="i2v", ckpt=str(tmp_path / "wan"), transformer=str(tmp_path / "anisora_v3"))
+    with pytest.raises(ConfigError, match=r"wan/transformer is missing"):
         build(variant="i2v", ckpt=str(tmp_path / "wan"))
+    with pytest.raises(ConfigError, match=r"model.transformer: .*nowhere does not exist"):
+        build(variant="i2v", ckpt=str(tmp_path / "wan"), transformer=str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="not a directory"):
         build(variant="i2v", ckpt=str(tmp_path / "nowhere"))

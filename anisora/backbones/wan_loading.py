@@ -36,6 +36,8 @@ class WanSpec:
 
     variant: str = "i2v"  # t2v | i2v
     ckpt: str | None = None  # diffusers-format folder: transformer/ vae/ text_encoder/ tokenizer/ [image_encoder/ ...]
+    transformer: str | None = None  # DiT weights to use instead of ckpt's: Wan original layout (AniSora V2/V3
+    #                                 releases: a file or a folder of shards) or a diffusers transformer folder
     # DiT (used when ckpt is None; a folder's own config.json wins otherwise)
     num_layers: int = 40
     num_attention_heads: int = 40
@@ -86,13 +88,16 @@ def missing_parts(folder: Path, parts: tuple[str, ...]) -> list[str]:
 def check_wan_folder(spec: WanSpec) -> Path:
     """Fail before loading anything: the folder exists and holds every part the variant needs."""
     folder = Path(spec.ckpt).expanduser()
+    if spec.transformer and not Path(spec.transformer).expanduser().exists():
+        raise ConfigError("model.transformer", f"{spec.transformer} does not exist")
     if not folder.is_dir():
         raise ConfigError("ckpt", f"{folder} is not a directory (expected a diffusers-format Wan folder)")
-    missing = missing_parts(folder, TEXT_PARTS)
+    needed = TEXT_PARTS[1:] if spec.transformer else TEXT_PARTS
+    missing = missing_parts(folder, needed)
     if missing:
         raise ConfigError("ckpt", f"{folder / missing[0]} is missing: a diffusers Wan folder needs "
                           f"{', '.join(p + '/' for p in TEXT_PARTS)} (missing: {', '.join(missing)})")
-    if spec.variant == "i2v" and image_dim_of(folder) is not None:
+    if spec.variant == "i2v" and not spec.transformer and image_dim_of(folder) is not None:
         missing = missing_parts(folder, IMAGE_PARTS)
         if missing:
             raise ConfigError("ckpt", f"{folder / missing[0]} is missing: this I2V transformer uses CLIP image "
@@ -111,17 +116,40 @@ def load_wan(spec: WanSpec, dtype: torch.dtype = torch.float32) -> WanBackbone:
     """All parts from a diffusers-format folder, local files only."""
     folder = check_wan_folder(spec)
     kw = {"local_files_only": True}
-    transformer = WanTransformer3DModel.from_pretrained(folder / "transformer", torch_dtype=dtype, **kw)
+    source = Path(spec.transformer) if spec.transformer else folder / "transformer"
+    transformer = load_transformer(source, dtype, spec.attention_head_dim)
     vae = AutoencoderKLWan.from_pretrained(folder / "vae", torch_dtype=torch.float32, **kw)
     encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", dtype=dtype, **kw)
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", **kw)
     image_encoder = None
     if spec.variant == "i2v" and transformer.config.image_dim is not None:
+        missing = missing_parts(folder, IMAGE_PARTS)
+        if missing:
+            raise ConfigError("ckpt", f"{folder / missing[0]} is missing: this I2V transformer uses CLIP image "
+                              f"tokens, so the folder needs image_encoder/ and image_processor/")
         image_encoder = CLIPImageEncoder(
             CLIPVisionModel.from_pretrained(folder / "image_encoder", dtype=dtype, **kw),
             CLIPImageProcessorPil.from_pretrained(folder / "image_processor", **kw),
         )
     return assemble(spec, transformer, vae, encoder, tokenizer, image_encoder)
+
+
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def load_transformer(path: Path, dtype: torch.dtype, head_dim: int = 128) -> WanTransformer3DModel:
+    """A diffusers transformer folder, or Wan's original layout converted in memory (its head width is not
+    in the weights: Wan's released models all use 128, `model.attention_head_dim`)."""
+    path = path.expanduser()
+    if not path.exists():
+        raise ConfigError("model.transformer", f"{path} does not exist")
+    if (path / "config.json").is_file():
+        return WanTransformer3DModel.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+    from anisora.tasks.convert import load_original
+
+    model, _ = load_original("wan-original", path, dtype=DTYPE_NAMES.get(dtype, "keep"), log=log.info,
+                             head_dim=head_dim)
+    return model.eval()
 
 
 def build_random_wan(spec: WanSpec, tokenizer=None) -> WanBackbone:

@@ -89,6 +89,7 @@ class WanModelConfig:
     kind: str = choice("wan")
     variant: str = choice("i2v", "t2v")
     ckpt: Optional[str] = None  # diffusers-format folder; None builds random weights (benchmarks, from scratch)
+    transformer: Optional[str] = None  # DiT weights replacing ckpt's: Wan original layout (AniSora V2/V3) or a folder
     num_layers: int = bounded(40, 1)
     num_attention_heads: int = bounded(40, 1)
     attention_head_dim: int = bounded(128, 1)

@@ -245,6 +245,34 @@ class Conversion:
         return lines
 
 
+def load_original(layout: CheckpointLayout | str, src: Path | str, *, dtype: str = "keep", trust_pickle: bool = False,
+                  progress: bool = False, log: Callable[[str], None] | None = None,
+                  **options: Any) -> tuple[torch.nn.Module, Conversion]:
+    """The diffusers model of a checkpoint in `layout`, in memory (no folder written): what infer.py uses to
+    run AniSora's original-format DiT weights directly."""
+    if isinstance(layout, str):
+        if layout not in LAYOUTS:
+            raise ConfigError("layout", f"must be one of {', '.join(LAYOUTS)}, got {layout}")
+        layout = LAYOUTS[layout]
+    src = Path(src).expanduser()
+    if not src.exists():
+        raise ConfigError("SRC", f"{src} does not exist")
+    files = layout.find_files(src)
+    reader = CheckpointReader(files, trust_pickle)
+    config = layout.infer_config(reader.shapes, reader.get, **options)
+    with torch.device("meta"):
+        model = layout.model_class(**config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    plans, dropped = plan_conversion(layout, reader.shapes, config, expected)
+    result = Conversion(layout.name, type(model).__name__, config, sum(p.numel() for p in model.parameters()),
+                        len(reader.shapes), files, dropped)
+    if log is not None:
+        for line in result.describe():
+            log(line)
+    load_into(model, reader, plans, DTYPES[dtype], progress)
+    return model, result
+
+
 def convert_checkpoint(layout: CheckpointLayout | str, src: Path | str, dst: Path | str, *, dtype: str = "keep",
                        overwrite: bool = False, max_shard_size: str | int = "5GB", trust_pickle: bool = False,
                        progress: bool = False, log: Callable[[str], None] | None = None,
@@ -260,19 +288,8 @@ def convert_checkpoint(layout: CheckpointLayout | str, src: Path | str, dst: Pat
     if not src.exists():
         raise ConfigError("SRC", f"{src} does not exist")
     check_destination(src, dst, overwrite)
-    files = layout.find_files(src)
-    reader = CheckpointReader(files, trust_pickle)
-    config = layout.infer_config(reader.shapes, reader.get, **options)
-    with torch.device("meta"):
-        model = layout.model_class(**config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    plans, dropped = plan_conversion(layout, reader.shapes, config, expected)
-    result = Conversion(layout.name, type(model).__name__, config, sum(p.numel() for p in model.parameters()),
-                        len(reader.shapes), files, dropped)
-    if log is not None:
-        for line in result.describe():
-            log(line)
-    load_into(model, reader, plans, DTYPES[dtype], progress)
+    model, result = load_original(layout, src, dtype=dtype, trust_pickle=trust_pickle, progress=progress, log=log,
+                                  **options)
     write_atomically(dst, overwrite, lambda tmp: model.save_pretrained(tmp, max_shard_size=max_shard_size))
     if log is not None:
         written = sorted(p.name for p in dst.iterdir())

@@ -114,7 +114,7 @@ def check_model_folder(model: DictConfig, folder: Path) -> None:
     if model.kind == "wan":
         from anisora.backbones.wan_loading import WanSpec, check_wan_folder
 
-        check_wan_folder(WanSpec(variant=model.variant, ckpt=str(folder)))
+        check_wan_folder(WanSpec(variant=model.variant, ckpt=str(folder), transformer=model.transformer))
 
 
 def load_backbone(cfg: DictConfig, job: Plan, device: torch.device, dtype: torch.dtype):
