@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import date
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 
 VARIANTS: dict[str, list[str]] = {
@@ -35,9 +37,31 @@ VARIANTS: dict[str, list[str]] = {
     "residual": ["model.residual_latents=true"],
     "slowest0.5": ["data.slowest_speed=0.5"],
     "plain_mse_residual": ["model.objective.motion_weight=0", "model.residual_latents=true"],
+    "guide_weight2": ["model.objective.guide_weight=2"],
+    "guide_weight4": ["model.objective.guide_weight=4"],
+    "region0.2": ["guide.p_region=0.2"],
+    "gw2_region0.2": ["model.objective.guide_weight=2", "guide.p_region=0.2"],
+    "gw4_region0.2": ["model.objective.guide_weight=4", "guide.p_region=0.2"],
+    "gw4_random0.7": ["model.objective.guide_weight=4", "guide.p_random_main=0.7"],
+    "gw4_region0.2_random0.7": ["model.objective.guide_weight=4", "guide.p_region=0.2", "guide.p_random_main=0.7"],
 }
 ACCURACY_KEYS = ("direction_accuracy", "direction_accuracy_slow", "direction_accuracy_fast")
-EVALUATIONS: dict[str, list[str]] = {"g5": [], "g7": ["sampler.guidance_scale=7"]}
+EVALUATION_SETS: dict[str, dict[str, list[str]]] = {
+    "sampler": {"g5": [], "g7": ["sampler.guidance_scale=7"]},
+    "guides": {"i2v": [], "last": ["guide=last"], "flf2v": ["guide=flf2v"], "mid": ["guide=mid"],
+               "region": ["guide=region", "guide.mask={root}/border.png"]},
+}
+KEPT = ("direction_accuracy", "first_frame_psnr", "speed_error", "temporal_flickering", "guide_psnr_min",
+        "guide_psnr_mean")
+
+
+def border_mask(path: Path, height: int = 16, width: int = 16, border: int = 3) -> None:
+    """White (kept) 3-pixel frame around a black (free) centre, where the sprites move."""
+    from PIL import Image
+
+    keep = np.zeros((height, width, 3), np.uint8)
+    keep[:border], keep[-border:], keep[:, :border], keep[:, -border:] = 255, 255, 255, 255
+    Image.fromarray(keep).save(path)
 
 
 def run(script: str, args: list[str], log: Path, threads: int) -> float:
@@ -62,20 +86,21 @@ def split_accuracy(per_clip: Path) -> dict[str, float]:
     return out
 
 
-def variant(name: str, overrides: list[str], root: Path, threads: int, clips: int, extra: list[str]) -> dict:
+def variant(name: str, overrides: list[str], root: Path, threads: int, clips: int, extra: list[str],
+            evaluations: dict[str, list[str]]) -> dict:
     log_dir = root / name
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / "log.txt"
     common = [f"paths.log_dir={log_dir}", "accelerator=cpu", f"accelerator.num_threads={threads}"]
     result: dict = {"overrides": overrides}
     result["train_s"] = run("train.py", [*common, "logger=csv", *overrides, *extra], log, threads)
-    for tag, sampler in EVALUATIONS.items():
+    for tag, evaluation in evaluations.items():
         before = set(log_dir.glob("evaluate/*"))
-        run("evaluate.py", [*common, "logger=none", f"num_clips={clips}", *sampler], log, threads)
+        evaluation = [e.format(root=root) for e in evaluation]
+        run("evaluate.py", [*common, "logger=none", f"num_clips={clips}", *evaluation], log, threads)
         folder = sorted(set(log_dir.glob("evaluate/*")) - before)[-1]
         metrics = json.loads((folder / "metrics.json").read_text())
-        result[tag] = {k: metrics[k] for k in ("direction_accuracy", "first_frame_psnr", "speed_error",
-                                                "temporal_flickering")}
+        result[tag] = {k: metrics.get(k) for k in KEPT}
         result[tag].update(split_accuracy(folder / "per_clip.jsonl"))
     print(f"done {name}: {result}", flush=True)
     return result
@@ -86,6 +111,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--evals", choices=list(EVALUATION_SETS), default="sampler",
+                        help="sampler: CFG 5 and 7; guides: i2v, last, flf2v, mid and a region mask")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tiny_ablation.json")
     parser.add_argument("extra", nargs="*", help="train.py overrides for every variant (after --)")
     args = parser.parse_args()
@@ -95,13 +122,16 @@ def main() -> None:
         sys.exit(f"--only: unknown variant(s) {unknown}; expected some of {list(VARIANTS)}")
     jobs = max(1, (os.cpu_count() or 2) // args.threads)
     root = Path(tempfile.mkdtemp(prefix="anisora-ablation-"))
+    border_mask(root / "border.png")
+    evaluations = EVALUATION_SETS[args.evals]
     results: dict[str, dict] = {}
     report = {"date": date.today().isoformat(), "machine": f"{os.cpu_count()} cores, {args.threads} threads per run",
               "command": "python benchmarks/tiny_ablation.py " + " ".join(sys.argv[1:]), "clips": args.clips,
               "variants": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(jobs) as pool:
-        futures = {pool.submit(variant, n, VARIANTS[n], root, args.threads, args.clips, args.extra): n for n in names}
+        futures = {pool.submit(variant, n, VARIANTS[n], root, args.threads, args.clips, args.extra, evaluations): n
+                   for n in names}
         for fut in as_completed(futures):
             n = futures[fut]
             try:
@@ -110,18 +140,25 @@ def main() -> None:
                 log = (root / n / "log.txt").read_text()[-2000:]
                 results[n] = {"overrides": VARIANTS[n], "error": str(err), "log": log}
             args.out.write_text(json.dumps(report, indent=2) + "\n")  # after each variant: a cut-off run keeps the rest
-    print("\n| variant | train s | acc g5 | slow | fast | acc g7 | slow | fast | psnr g5 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print_table(names, results, evaluations)
+
+
+def print_table(names: list[str], results: dict[str, dict], evaluations: dict[str, list[str]]) -> None:
+    """Per evaluation: direction accuracy (slow / fast half for the sampler set), guide PSNR min / mean."""
+    tags = list(evaluations)
+    print("\n| variant | train s | " + " | ".join(f"{t}: acc, guide PSNR min/mean" for t in tags) + " |")
+    print("|---|---|" + "---|" * len(tags))
     for n in names:
         r = results[n]
         if "error" in r:
             print(f"| {n} | failed: {r['error']} |")
             continue
-        a, b = r["g5"], r["g7"]
         cells = [f"{r['train_s']:.0f}"]
-        for m in (a, b):
-            cells += [f"{m[k]:.3f}" for k in ACCURACY_KEYS]
-        cells.append(f"{a['first_frame_psnr']:.1f}")
+        for t in tags:
+            m = r[t]
+            acc = " / ".join(f"{m[k]:.3f}" for k in ACCURACY_KEYS if m.get(k) is not None)
+            psnr = f"{m['guide_psnr_min']:.1f} / {m['guide_psnr_mean']:.1f}" if m.get("guide_psnr_min") else "-"
+            cells.append(f"{acc}, {psnr}")
         print(f"| {n} | " + " | ".join(cells) + " |")
 
 

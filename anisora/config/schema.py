@@ -47,6 +47,7 @@ class ObjectiveConfig:
     shift: float = bounded(3.0, 0.01)
     timestep_sampling: str = choice("uniform", "logit_normal")
     motion_weight: float = bounded(0.0, 0.0)  # extra loss weight on latents that differ from the first frame's
+    guide_weight: float = bounded(0.0, 0.0)  # extra loss weight on latent frames that hold a given keyframe
 
 
 @dataclass
@@ -139,15 +140,22 @@ class DataConfig:
 
 @dataclass
 class GuideConfig:
-    """The spatiotemporal guide: which frames are given (inference) or how they are drawn (training)."""
+    """The spatiotemporal guide: which frames (and regions) are given at inference, or how they are
+    drawn in training. Every mode becomes the same (guide video G, pixel mask M) pair."""
 
-    mode: str = choice("i2v", "flf2v", "train_random")
-    indices: list[int] = field(default_factory=lambda: [0])  # frame index per guide; negative counts from the end
-    frames: list[str] = field(default_factory=list)  # image paths, one per index; empty = benchmark clips
+    mode: str = choice("i2v", "last", "flf2v", "mid", "keyframes", "region", "video", "train_random")
+    indices: list[Any] = field(default_factory=lambda: [0])  # frame per guide: int (negative from the end) or "mid"
+    frames: list[Any] = field(default_factory=list)  # image paths (one per index) or {image, at} keyframes
+    mask: Optional[str] = None  # region mask image for the guided frames: white = keep, black = free to move
+    mask_video: Optional[str] = None  # a mask per frame (AniSora any-mask), same colours
+    video: Optional[str] = None  # a guide video (in-filling, repair); its frames are kept where the mask says
+    mask_threshold: float = bounded(0.5, 0.0, 1.0)
+    resize: bool = True  # guide images/masks/videos of another size are resized to the clip; false refuses them
     p_random_main: float = bounded(0.5, 0.0, 1.0)
     p_second: float = bounded(0.5, 0.0, 1.0)
     p_drop_guides: float = bounded(0.05, 0.0, 1.0)
     p_drop_text: float = bounded(0.1, 0.0, 1.0)
+    p_region: float = bounded(0.0, 0.0, 1.0)  # training: keep only a random rectangle of the guide frames
 
 
 @dataclass
@@ -238,6 +246,8 @@ class InferTaskConfig:
     ckpt: str = "latest"  # a Lightning .ckpt, "latest" = the newest one train.py wrote, or a diffusers folder
     prompt: Optional[str] = None  # overrides the benchmark captions
     negative_prompt: str = ""
+    motion_score: Optional[float] = bounded(None, 0.0)  # sets the caption's "motion score: M." (AniSora: 1-3)
+    aesthetic_score: Optional[float] = bounded(None, 0.0)  # sets its "aesthetic score: A."
     num_clips: int = bounded(4, 1)  # benchmark clips to guide from when no guide.frames are given
     size: SizeConfig = field(default_factory=SizeConfig)  # for diffusers folders (ckpt=DIR)
     model: Any = MISSING
@@ -255,6 +265,8 @@ class EvaluateTaskConfig:
     ckpt: str = "latest"
     videos: Optional[str] = None  # score a folder of mp4 files instead of generating
     num_clips: int = bounded(32, 1)
+    motion_score: Optional[float] = bounded(None, 0.0)  # replaces the benchmark captions' motion score
+    aesthetic_score: Optional[float] = bounded(None, 0.0)
     batch_size: int = bounded(16, 1)
     model: Any = MISSING
     guide: GuideConfig = MISSING

@@ -54,3 +54,19 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor 
         return err.mean()
     weight = weight.expand_as(err)
     return (err * weight).sum() / weight.sum()
+
+
+def guide_loss_weight(slot_mask: torch.Tensor, strength: float) -> torch.Tensor | None:
+    """1 + strength on latent cells whose frames were given as guides (B, 1, T, h, w): the model is
+    asked to reproduce given keyframes, not only to move what is free."""
+    if strength <= 0:
+        return None
+    return 1.0 + strength * slot_mask
+
+
+def combine_weights(*weights: torch.Tensor | None) -> torch.Tensor | None:
+    """Sum of the extra weight of each term (each is 1 + something), or None when none applies."""
+    present = [w for w in weights if w is not None]
+    if not present:
+        return None
+    return 1.0 + sum(w - 1.0 for w in present)

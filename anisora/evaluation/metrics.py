@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,15 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
         raise ValueError(f"psnr: shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0.0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+def masked_psnr(a: np.ndarray, b: np.ndarray, keep: np.ndarray | None = None) -> float:
+    """PSNR over the pixels where `keep` (H, W) is True (the whole image when None); NaN if none are kept."""
+    if keep is None or bool(np.all(keep)):
+        return psnr(a, b)
+    if not np.any(keep):
+        return float("nan")
+    return psnr(np.asarray(a)[keep], np.asarray(b)[keep])
 
 
 def temporal_flickering(video: np.ndarray) -> float:
@@ -42,6 +51,7 @@ class ClipScore:
     speed_error: float
     first_frame_psnr: float
     temporal_flickering: float
+    guide_psnr: dict[str, float] = field(default_factory=dict)  # guided frame -> PSNR inside its kept region
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,8 +61,13 @@ def _float(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
+def guide_fidelity(video: np.ndarray, given: np.ndarray, keep: np.ndarray, indices: list[int]) -> dict[str, float]:
+    """PSNR of each guided frame against its guide, inside the kept region: given (K, H, W, 3), keep (K, H, W)."""
+    return {str(f): masked_psnr(video[f], given[k], keep[k]) for k, f in enumerate(indices)}
+
+
 def score_clip(name: str, video: np.ndarray, guide_first_frame: np.ndarray | None,
-               truth: dict | None) -> ClipScore:
+               truth: dict | None, guides: dict[str, float] | None = None) -> ClipScore:
     """Score one clip (uint8 (F, H, W, 3)); `truth` may hold direction, speed (px/frame) and colour_rgb.
 
     With `colour_rgb` the sprite is found by its colour, else by what moves over the static background.
@@ -74,6 +89,7 @@ def score_clip(name: str, video: np.ndarray, guide_first_frame: np.ndarray | Non
         speed_error=abs(speed - speed_true),  # NaN unless both are known
         first_frame_psnr=psnr(video[0], guide_first_frame) if guide_first_frame is not None else math.nan,
         temporal_flickering=temporal_flickering(video) if len(video) >= 2 else math.nan,
+        guide_psnr=dict(guides or {}),
     )
 
 
@@ -100,4 +116,21 @@ def aggregate(scores: list[ClipScore]) -> dict[str, float]:
         "first_frame_psnr": _mean(psnrs),
         "first_frame_psnr_min": min(psnrs) if psnrs else math.nan,
         "temporal_flickering": _mean([s.temporal_flickering for s in scores]),
+        **guide_metrics(scores),
     }
+
+
+def guide_metrics(scores: list[ClipScore]) -> dict[str, float]:
+    """guide_psnr_min / _mean over every guided frame of every clip, and guide_psnr_frame_<f> per frame index."""
+    by_frame: dict[str, list[float]] = {}
+    for s in scores:
+        for f, value in s.guide_psnr.items():
+            if not math.isnan(value):
+                by_frame.setdefault(f, []).append(min(value, PSNR_CAP))
+    if not by_frame:
+        return {}
+    every = [v for values in by_frame.values() for v in values]
+    out = {"guide_psnr_min": min(every), "guide_psnr_mean": float(np.mean(every))}
+    for f in sorted(by_frame, key=int):
+        out[f"guide_psnr_frame_{f}"] = float(np.mean(by_frame[f]))
+    return out

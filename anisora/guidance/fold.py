@@ -25,3 +25,9 @@ def fold_mask_wan(mask: torch.Tensor, temporal_factor: int, height: int, width: 
     stacked = torch.cat([first, small[:, 1:]], dim=1)  # (B, F + tf - 1, h, w)
     t = stacked.shape[1] // temporal_factor
     return stacked.view(b, t, temporal_factor, height, width).transpose(1, 2).contiguous()
+
+
+def latent_slot_mask(mask: torch.Tensor, temporal_factor: int, height: int, width: int) -> torch.Tensor:
+    """(B, F, H, W) -> (B, 1, T, h, w): 1 where any frame of a latent slot is given at that cell (frame 0
+    alone in slot 0, then groups of `temporal_factor`, as Wan's and CogVideoX's VAEs group them)."""
+    return fold_mask_wan(mask, temporal_factor, height, width).amax(dim=1, keepdim=True)

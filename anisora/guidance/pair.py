@@ -33,7 +33,17 @@ def guide_pair(frames: Sequence[tuple[int, torch.Tensor]], num_frames: int, heig
     return video, mask
 
 
-def pair_from_video(video: torch.Tensor, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep the given frames of a clip (3, F, H, W) as the guide; used by training and benchmarks."""
+def pair_from_video(video: torch.Tensor, indices: Sequence[int],
+                    region: tuple[float, float, float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the given frames of a clip (3, F, H, W) as the guide, optionally only inside a rectangle
+    (x0, y0, x1, y1 as fractions of the width and height); used by training and benchmarks."""
     _, f, h, w = video.shape
-    return guide_pair([(i, video[:, i]) for i in indices], f, h, w, video.dtype)
+    guide, mask = guide_pair([(i, video[:, i]) for i in indices], f, h, w, video.dtype)
+    if region is not None:
+        x0, y0, x1, y1 = region
+        keep = torch.zeros(h, w, dtype=mask.dtype)
+        top, left = round(y0 * h), round(x0 * w)
+        keep[top : max(round(y1 * h), top + 1), left : max(round(x1 * w), left + 1)] = 1
+        mask = mask * keep
+        guide = guide * mask[None]
+    return guide, mask

@@ -11,6 +11,7 @@ import torch
 class GuideDraw:
     frames: tuple[int, ...]  # pixel frame indices kept as guides (empty = unconditional)
     drop_text: bool
+    region: tuple[float, float, float, float] | None = None  # kept rectangle (x0, y0, x1, y1) as fractions
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class TrainGuidePolicy:
     p_second: float = 0.5
     p_drop_guides: float = 0.05
     p_drop_text: float = 0.1
+    p_region: float = 0.0  # keep only a random rectangle (30-90 % of each side) of the guide frames
 
     def draw(self, num_frames: int, generator: torch.Generator) -> GuideDraw:
         u = torch.rand(5, generator=generator).tolist()
@@ -31,4 +33,9 @@ class TrainGuidePolicy:
             frames.append(idx[1])
         if u[2] < self.p_drop_guides:
             frames = []
-        return GuideDraw(frames=tuple(sorted(set(frames))), drop_text=u[3] < self.p_drop_text)
+        region = None
+        if self.p_region > 0 and u[4] < self.p_region and frames:  # extra draws only when used: old runs repeat
+            w, h, x, y = torch.rand(4, generator=generator).tolist()
+            w, h = 0.3 + 0.6 * w, 0.3 + 0.6 * h
+            region = (x * (1 - w), y * (1 - h), x * (1 - w) + w, y * (1 - h) + h)
+        return GuideDraw(frames=tuple(sorted(set(frames))), drop_text=u[3] < self.p_drop_text, region=region)

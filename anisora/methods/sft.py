@@ -16,6 +16,8 @@ import torch
 
 from anisora.backbones import build_backbone
 from anisora.diffusion.flow_matching import (
+    combine_weights,
+    guide_loss_weight,
     motion_loss_weight,
     noisy_sample,
     sample_sigmas,
@@ -23,6 +25,7 @@ from anisora.diffusion.flow_matching import (
     weighted_mse,
 )
 from anisora.diffusion.sampling import SamplerSpec
+from anisora.guidance.fold import latent_slot_mask
 from anisora.guidance.pair import pair_from_video
 from anisora.guidance.policy import TrainGuidePolicy
 
@@ -39,9 +42,11 @@ class SFTMethod(pl.LightningModule):
         self.shift = float(objective.get("shift", 1.0))
         self.timestep_sampling = str(objective.get("timestep_sampling", "uniform"))
         self.motion_weight = float(objective.get("motion_weight", 0.0))
+        self.guide_weight = float(objective.get("guide_weight", 0.0))
         self.policy = TrainGuidePolicy(
             p_random_main=guide["p_random_main"], p_second=guide["p_second"],
             p_drop_guides=guide["p_drop_guides"], p_drop_text=guide["p_drop_text"],
+            p_region=float(guide.get("p_region", 0.0)),
         )
         self.sampler_spec = SamplerSpec(**sampler)
         self.ema_decay = float(optimizer.get("ema_decay", 0.0))
@@ -58,7 +63,7 @@ class SFTMethod(pl.LightningModule):
         for i, seed in enumerate(batch["seed"]):
             gen = torch.Generator("cpu").manual_seed(int(seed))
             draw = self.policy.draw(frames, gen)
-            g, m = pair_from_video(video[i].cpu(), draw.frames)
+            g, m = pair_from_video(video[i].cpu(), draw.frames, draw.region)
             guides.append(g)
             masks.append(m)
             captions.append("" if draw.drop_text else batch["caption"][i])
@@ -69,7 +74,9 @@ class SFTMethod(pl.LightningModule):
         guide, mask = torch.stack(guides).to(self.device), torch.stack(masks).to(self.device)
         cond = self.backbone.conditioning(captions, guide, mask)
         noisy, target = noisy_sample(x0, noise, sigma)
-        weight = motion_loss_weight(x0, self.motion_weight, self.backbone.residual_latents)
+        slots = latent_slot_mask(mask, self.backbone.temporal_factor, x0.shape[-2], x0.shape[-1]).to(x0.dtype)
+        weight = combine_weights(motion_loss_weight(x0, self.motion_weight, self.backbone.residual_latents),
+                                 guide_loss_weight(slots, self.guide_weight))
         return {"noisy": noisy, "target": target, "timestep": timesteps_from_sigmas(sigma), "cond": cond,
                 "captions": captions, "weight": weight}
 

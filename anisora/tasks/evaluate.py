@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from anisora.accelerators.devices import inference_dtype, resolve_device, set_num_threads
 from anisora.config.errors import ConfigError
+from anisora.data.captions import caption_with_scores
 from anisora.data.synthetic import benchmark_clips
-from anisora.evaluation.metrics import ClipScore, aggregate, score_clip
+from anisora.evaluation.metrics import ClipScore, aggregate, guide_fidelity, score_clip
 from anisora.evaluation.report import write_report
-from anisora.guidance.pair import pair_from_video
+from anisora.guidance.spec import build_pair, guide_spec
+from anisora.inference.guide_files import GuideFiles
 from anisora.inference.loading import load_model
-from anisora.inference.pipeline import from_uint8_frames, generate
+from anisora.inference.pipeline import from_uint8_frames, generate, to_uint8_frames
 from anisora.inference.video_io import (
     atomic_write_bytes,
     display_scale,
@@ -33,7 +37,8 @@ GROUPS = ["guide", "sampler", "accelerator", "logger", "paths"]
 
 
 def score_folder(folder: Path) -> list[ClipScore]:
-    """Score every mp4 in a folder; a sidecar <stem>.json may hold `truth`, a <stem>.guide.png the guide."""
+    """Score every mp4 in a folder; sidecars: <stem>.json (`truth`, `scale`), <stem>.guide.png (the first
+    frame's guide) and <stem>.guide.npz (every guided frame with its kept region)."""
     videos = sorted(folder.glob("*.mp4"))
     if not videos:
         raise ConfigError("videos", f"no .mp4 files in {folder}")
@@ -44,33 +49,57 @@ def score_folder(folder: Path) -> list[ClipScore]:
         guide_path = path.with_suffix(".guide.png")
         video = read_video(path, downscale=int(meta.get("scale", 1)))
         guide = read_image(guide_path) if guide_path.is_file() else None
-        scores.append(score_clip(path.stem, video, guide, meta.get("truth")))
+        guides = None
+        npz_path = path.with_suffix(".guide.npz")
+        if npz_path.is_file():
+            with np.load(npz_path) as z:
+                guides = guide_fidelity(video, z["given"], z["keep"], [int(i) for i in z["indices"]])
+        scores.append(score_clip(path.stem, video, guide, meta.get("truth"), guides))
     return scores
 
 
+def guided_frames(guide: torch.Tensor, mask: torch.Tensor) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """(indices, given uint8 (K, H, W, 3), keep bool (K, H, W)) of the frames a (G, M) pair guides."""
+    indices = [int(i) for i in torch.nonzero(mask.flatten(1).amax(dim=1)).flatten()]
+    given = to_uint8_frames(guide[None, :, indices])[0]
+    return indices, given, mask[indices].numpy() > 0
+
+
 def generate_benchmark(cfg: DictConfig, ckpt: Path, run_dir: Path) -> list[ClipScore]:
-    """Sample the benchmark clips guided by their first frame and caption; keep every video with its truth."""
+    """Sample the benchmark clips guided by `guide=` (first frame by default) and their captions; keep every
+    video with its truth and its guide."""
     device = resolve_device(cfg.accelerator.name)
     model = load_model(ckpt, device, inference_dtype(device, cfg.accelerator.precision))
     data = model.data
     world = world_from_data(data)
-    scale = display_scale(world.height, world.width)
+    f, h, w = world.num_frames, world.height, world.width
+    spec = guide_spec(cfg.guide, f)
+    files = GuideFiles(h, w, cfg.guide.resize)
+    scale = display_scale(h, w)
     clips = benchmark_clips(world, int(data.get("seed", 0)), cfg.num_clips)
-    spec = sampler_spec(cfg)
+    sampler = sampler_spec(cfg)
     scores: list[ClipScore] = []
     for start in range(0, len(clips), cfg.batch_size):
         batch = clips[start : start + cfg.batch_size]
-        real = torch.stack([from_uint8_frames(c.video) for c in batch])
-        pairs = [pair_from_video(v, list(cfg.guide.indices)) for v in real]
-        out = generate(model.backbone, [c.caption for c in batch], torch.stack([p[0] for p in pairs]),
-                       torch.stack([p[1] for p in pairs]), [cfg.seed + start + i for i in range(len(batch))], spec)
+        pairs = [build_pair(spec, f, h, w, files.image, files.video, from_uint8_frames(c.video),
+                            cfg.guide.mask_threshold, files.mask) for c in batch]
+        captions = [caption_with_scores(c.caption, cfg.motion_score, cfg.aesthetic_score) for c in batch]
+        out = generate(model.backbone, captions, torch.stack([p[0] for p in pairs]),
+                       torch.stack([p[1] for p in pairs]), [cfg.seed + start + i for i in range(len(batch))], sampler)
         for i, (clip, video) in enumerate(zip(batch, out)):
             name = f"bench{start + i:03d}"
-            write_mp4(run_dir / "videos" / f"{name}.mp4", video, scale=scale)
-            atomic_write_bytes(run_dir / "videos" / f"{name}.guide.png", encode_png(clip.video[0]))
-            meta = {"caption": clip.caption, "truth": clip.truth.to_json(), "scale": scale}
-            atomic_write_bytes(run_dir / "videos" / f"{name}.json", (json.dumps(meta) + "\n").encode())
-            scores.append(score_clip(name, video, clip.video[0], meta["truth"]))
+            folder = run_dir / "videos"
+            write_mp4(folder / f"{name}.mp4", video, scale=scale)
+            indices, given, keep = guided_frames(*pairs[i])
+            first = clip.video[0] if indices[:1] == [0] and keep[0].all() else None
+            if first is not None:
+                atomic_write_bytes(folder / f"{name}.guide.png", encode_png(first))
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, given=given, keep=keep, indices=np.asarray(indices))
+            atomic_write_bytes(folder / f"{name}.guide.npz", buffer.getvalue())
+            meta = {"caption": captions[i], "truth": clip.truth.to_json(), "scale": scale}
+            atomic_write_bytes(folder / f"{name}.json", (json.dumps(meta) + "\n").encode())
+            scores.append(score_clip(name, video, first, meta["truth"], guide_fidelity(video, given, keep, indices)))
         log.info("scored %d / %d clips", len(scores), len(clips))
     return scores
 

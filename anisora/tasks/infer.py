@@ -16,17 +16,18 @@ from anisora.backbones import latent_grid, load_pretrained
 from anisora.backbones.base import check_clip_shape
 from anisora.config.errors import ConfigError
 from anisora.config.validate import check_node
+from anisora.data.captions import caption_with_scores
 from anisora.data.synthetic import WorldConfig, benchmark_clips
 from anisora.diffusion.sampling import SamplerSpec
-from anisora.evaluation.metrics import psnr
-from anisora.guidance.pair import guide_pair, resolve_index
+from anisora.evaluation.metrics import masked_psnr
+from anisora.guidance.spec import GuideSpec, build_pair, guide_spec
+from anisora.inference.guide_files import GuideFiles, check_guide_paths, guide_paths
 from anisora.inference.loading import load_model, read_hparams, trained_data
 from anisora.inference.pipeline import from_uint8_frames, generate, to_uint8_frames
 from anisora.inference.video_io import (
     atomic_write_bytes,
     display_scale,
     encode_png,
-    read_image,
     write_contact_sheet,
     write_mp4,
     write_png_frames,
@@ -37,18 +38,12 @@ log = logging.getLogger("anisora.infer")
 GROUPS = ["guide", "sampler", "accelerator", "out", "paths"]
 
 
-def check_guide_files(cfg: DictConfig) -> list[Path]:
-    """Every guide image must exist and match an index, before anything is loaded."""
-    paths = [Path(p).expanduser() for p in cfg.guide.frames]
-    if paths and len(paths) != len(cfg.guide.indices):
-        raise ConfigError("guide.frames", f"{len(paths)} images for {len(cfg.guide.indices)} guide.indices "
-                          f"{list(cfg.guide.indices)}; give one image per index")
-    for p in paths:
-        if not p.is_file():
-            raise ConfigError("guide.frames", f"guide image {p} does not exist")
-    if paths and not cfg.prompt:
-        raise ConfigError("prompt", "a prompt is required when guide.frames are given")
-    return paths
+def check_guide_files(cfg: DictConfig) -> bool:
+    """Every guide file exists, before anything is loaded; True when the guide brings its own pixels."""
+    own = check_guide_paths(cfg.guide)
+    if own and not cfg.prompt:
+        raise ConfigError("prompt", "a prompt is required when guide images or a guide video are given")
+    return own
 
 
 def sampler_spec(cfg: DictConfig) -> SamplerSpec:
@@ -62,15 +57,10 @@ def world_from_data(data: dict) -> WorldConfig:
                        slowest_speed=float(data.get("slowest_speed", 1 / 3)))
 
 
-def benchmark_requests(world: WorldConfig, seed: int, count: int, indices: list[int], prompt: str | None):
-    """Guides and captions from the held-out benchmark split."""
+def benchmark_requests(world: WorldConfig, seed: int, count: int, prompt: str | None):
+    """Held-out benchmark clips: (reference video (3, F, H, W), caption, clip)."""
     clips = benchmark_clips(world, seed, count)
-    requests = []
-    for clip in clips:
-        video = from_uint8_frames(clip.video)
-        frames = [(i, video[:, resolve_index(i, world.num_frames, "guide.indices")]) for i in indices]
-        requests.append((frames, prompt or clip.caption, clip))
-    return requests
+    return [(from_uint8_frames(clip.video), prompt or clip.caption, clip) for clip in clips]
 
 
 @dataclass
@@ -85,7 +75,7 @@ class Plan:
     hparams: dict | None = None
 
 
-def plan(cfg: DictConfig, image_paths: list[Path]) -> Plan:
+def plan(cfg: DictConfig, own_pixels: bool) -> Plan:
     spec = str(cfg.ckpt)
     folder = Path(spec).expanduser()
     if spec not in ("last", "latest") and folder.is_dir():
@@ -95,9 +85,9 @@ def plan(cfg: DictConfig, image_paths: list[Path]) -> Plan:
         native = cfg.model.native
         f, h, w = (cfg.size[k] if cfg.size[k] is not None else native[k] for k in ("num_frames", "height", "width"))
         check_clip_shape(f, h, w, *latent_grid(OmegaConf.to_container(cfg.model)), prefix="size")
-        if cfg.model.variant == "i2v" and not image_paths:
+        if cfg.model.variant == "i2v" and not own_pixels:
             raise ConfigError("guide.frames", "an image-to-video model needs guide images: guide.frames=[first.png]")
-        if cfg.model.variant == "t2v" and image_paths:
+        if cfg.model.variant == "t2v" and own_pixels:
             raise ConfigError("guide.frames", "a text-to-video model takes no guide images; leave guide.frames empty")
         if not cfg.prompt:
             raise ConfigError("prompt", "a prompt is required with a model folder")
@@ -125,33 +115,28 @@ def load_backbone(cfg: DictConfig, job: Plan, device: torch.device, dtype: torch
 
 
 def infer(cfg: DictConfig, run_dir: Path) -> list[Path]:
-    image_paths = check_guide_files(cfg)
-    job = plan(cfg, image_paths)
+    own_pixels = check_guide_files(cfg)
+    job = plan(cfg, own_pixels)
     f, h, w = job.frames, job.height, job.width
-    for i in cfg.guide.indices:
-        resolve_index(int(i), f, "guide.indices")
+    spec = guide_spec(cfg.guide, f) if (own_pixels or job.source == "lightning") else GuideSpec((), ())
     device = resolve_device(cfg.accelerator.name)
     environment_defaults()
     write_run_record(cfg, run_dir)
     set_num_threads(cfg.accelerator.num_threads)
 
-    if image_paths:
-        frames = [(int(i), from_uint8_frames(read_image(p, size=(h, w))[None])[:, 0])
-                  for i, p in zip(cfg.guide.indices, image_paths)]
-        requests = [(frames, cfg.prompt, None)]
-    elif job.source == "folder":  # text-to-video
-        requests = [([], cfg.prompt, None)]
+    files = GuideFiles(h, w, cfg.guide.resize)
+    if own_pixels or job.source == "folder":
+        requests = [(None, cfg.prompt, None)]
     else:
         data = trained_data(job.hparams)
-        world = world_from_data(data)
-        requests = benchmark_requests(world, int(data.get("seed", 0)), cfg.num_clips, list(cfg.guide.indices),
-                                      cfg.prompt)
+        requests = benchmark_requests(world_from_data(data), int(data.get("seed", 0)), cfg.num_clips, cfg.prompt)
+    pairs = [build_pair(spec, f, h, w, files.image, files.video, reference, cfg.guide.mask_threshold, files.mask)
+             for reference, _, _ in requests]
 
     backbone = load_backbone(cfg, job, device, inference_dtype(device, cfg.accelerator.precision))
-    pairs = [guide_pair(frames, f, h, w) for frames, _, _ in requests]
     guide = torch.stack([p[0] for p in pairs])
     mask = torch.stack([p[1] for p in pairs])
-    prompts = [r[1] for r in requests]
+    prompts = [caption_with_scores(r[1], cfg.motion_score, cfg.aesthetic_score) for r in requests]
     seeds = [cfg.seed + i for i in range(len(requests))]
     ckpt = job.ckpt
     log.info("sampling %d clip(s) of %dx%dx%d from %s", len(requests), f, h, w, ckpt)
@@ -166,18 +151,18 @@ def infer(cfg: DictConfig, run_dir: Path) -> list[Path]:
         if cfg.out.frames == "png":
             write_png_frames(run_dir / "frames" / f"clip{i:02d}", clip)
         guides = {}
-        for index, image in requests[i][0]:
-            f_index = resolve_index(index, f, "guide.indices")
-            given = to_uint8_frames(image[None, :, None])[0, 0]
+        for f_index in [int(k) for k in torch.nonzero(mask[i].flatten(1).amax(dim=1)).flatten()]:
+            given = to_uint8_frames(guide[i : i + 1, :, f_index : f_index + 1])[0, 0]
+            keep = mask[i, f_index].numpy() > 0
             atomic_write_bytes(run_dir / "guides" / f"clip{i:02d}_frame{f_index:04d}.png", encode_png(given))
-            guides[str(f_index)] = round(psnr(clip[f_index], given), 3)
+            guides[str(f_index)] = round(masked_psnr(clip[f_index], given, keep), 3)
         fidelity.append(guides)
     if cfg.out.contact_sheet:
         sheet = np.concatenate([np.concatenate(list(clip), axis=1) for clip in out], axis=0)
         write_contact_sheet(run_dir / "contact_sheet.png", sheet[None], columns=1, scale=4)
     record = [{"video": str(p.relative_to(run_dir)), "prompt": prompts[i], "seed": seeds[i],
-               "guide_indices": list(cfg.guide.indices), "ckpt": str(ckpt),
-               "guide_images": [str(p) for p in image_paths], "guide_psnr_db": fidelity[i], "mp4_scale": scale,
+               "guide_mode": cfg.guide.mode, "guide_indices": list(spec.indices), "ckpt": str(ckpt),
+               "guide_files": dict(guide_paths(cfg.guide)), "guide_psnr_db": fidelity[i], "mp4_scale": scale,
                "truth": requests[i][2].truth.to_json() if requests[i][2] is not None else None}
               for i, p in enumerate(written)]
     (run_dir / "samples.json").write_text(json.dumps(record, indent=2) + "\n")
