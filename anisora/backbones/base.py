@@ -72,6 +72,12 @@ class BackboneAdapter(nn.Module, ABC):
     def denoise(self, noisy: torch.Tensor, timestep: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The model output for the objective (velocity for flow matching)."""
 
+    def known_latents(self, guide_video: torch.Tensor, guide_mask: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(values, known) on the latent grid for latent entries that the guide fixes exactly, for samplers
+        that replace them at every step; None where the latent space mixes pixels (a real VAE)."""
+        return None
+
     def trainable_modules(self) -> list[nn.Module]:
         """Modules whose parameters the method optimises."""
         return [self.denoiser]

@@ -38,6 +38,7 @@ class SpaceToDepthCodec(nn.Module):
         self.channels = 3 * temporal_factor * spatial_factor**2
         self.scale = scale
         self.residual = residual
+        self.pixel_exact = not residual  # each latent entry is one pixel of one frame
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         b, c, f, h, w = pixels.shape

@@ -114,6 +114,16 @@ class WanI2VBackbone(WanBackbone):
         mask = fold_mask_wan(guide_mask, self.temporal_factor, latent.shape[-2], latent.shape[-1])
         return torch.cat([mask.to(latent.dtype), latent], dim=1)
 
+    def known_latents(self, guide_video: torch.Tensor, guide_mask: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """With a pixel-exact codec (the tiny model's space-to-depth), every guided pixel is a latent entry:
+        the mask, encoded like pixels, says which."""
+        if not getattr(self.codec, "pixel_exact", False):
+            return None
+        values = self.codec.encode(guide_video)
+        known = self.codec.encode(guide_mask[:, None].expand_as(guide_video) * 2 - 1) > 0
+        return values, known
+
     def encode_image(self, guide_video: torch.Tensor, guide_mask: torch.Tensor) -> torch.Tensor | None:
         """CLIP tokens of the first guided frame; a first+last-frame model (one whose image embedding has a
         positional table for two images) also gets the last guided frame, as Wan2.1-FLF2V does."""

@@ -166,6 +166,7 @@ class SamplerConfig:
     guidance_scale: float = bounded(5.0, 0.0)
     guidance_min_sigma: float = bounded(0.0, 0.0, 1.0)  # CFG only while sigma >= this; 0 = every step (as Wan)
     clamp_x0: Optional[float] = bounded(None, 0.0)  # clamp the implied clean latent each step; None = off
+    replace_known: bool = False  # re-impose guided latent entries each step (pixel-exact codecs: the tiny model)
 
 
 @dataclass

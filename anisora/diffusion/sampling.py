@@ -23,6 +23,7 @@ class SamplerSpec:
     guidance_scale: float = 5.0
     guidance_min_sigma: float = 0.0  # CFG only while sigma >= this (guidance interval); 0 = every step
     clamp_x0: float | None = None  # clamp the implied clean latent to [-c, c] each step (dynamic thresholding)
+    replace_known: bool = False  # re-impose guided latent entries (noised to the current level) after each step
 
 
 def build_scheduler(spec: SamplerSpec):
@@ -43,12 +44,20 @@ def initial_noise(shape: tuple[int, ...], seeds: list[int], device: torch.device
 
 @torch.no_grad()
 def sample(backbone: BackboneAdapter, cond: Conditioning, uncond: Conditioning | None, latent_shape: tuple[int, ...],
-           seeds: list[int], spec: SamplerSpec, progress: bool = False) -> torch.Tensor:
-    """Denoise from seeded noise; CFG runs cond and uncond in one batched call when uncond is given."""
+           seeds: list[int], spec: SamplerSpec, progress: bool = False,
+           known: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Denoise from seeded noise; CFG runs cond and uncond in one batched call when uncond is given.
+
+    `known` = (values, mask) of latent entries fixed by the guide: with `spec.replace_known` they are
+    put back after every step at the next step's noise level (the replacement used for inpainting and by
+    Wan2.2's first-frame conditioning), so guided pixels end exactly as given."""
     device, dtype = cond.text.device, cond.text.dtype
     scheduler = build_scheduler(spec)
     scheduler.set_timesteps(spec.num_steps, device=device)
     latents = initial_noise(latent_shape, seeds, device, torch.float32)
+    noise = latents.clone()
+    replace = known is not None and spec.replace_known
+    sigmas = [float(s) for s in scheduler.sigmas] if replace else []
     use_cfg = uncond is not None and spec.guidance_scale != 1.0
     both = Conditioning.cat([cond, uncond]) if use_cfg else cond
     steps = scheduler.timesteps
@@ -57,7 +66,7 @@ def sample(backbone: BackboneAdapter, cond: Conditioning, uncond: Conditioning |
         from rich.progress import track
 
         iterator = track(steps, description="sampling", transient=True)
-    for t in iterator:
+    for i, t in enumerate(iterator):
         sigma = float(t) / NUM_TRAIN_TIMESTEPS
         guided = use_cfg and sigma >= spec.guidance_min_sigma
         model_in = torch.cat([latents, latents]) if guided else latents
@@ -70,4 +79,8 @@ def sample(backbone: BackboneAdapter, cond: Conditioning, uncond: Conditioning |
             x0 = (latents - sigma * pred).clamp(-spec.clamp_x0, spec.clamp_x0)
             pred = (latents - x0) / sigma
         latents = scheduler.step(pred, t, latents, return_dict=False)[0]
+        if replace:
+            values, mask = known
+            nxt = sigmas[i + 1] if i + 1 < len(sigmas) else 0.0
+            latents = torch.where(mask, (1 - nxt) * values.float() + nxt * noise, latents)
     return latents

@@ -22,6 +22,8 @@ DIRECTIONS = ("left", "right", "up", "down")
 
 
 def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, float) and not math.isfinite(value):
         return None if math.isnan(value) else math.copysign(PSNR_CAP, value)
     return value

@@ -44,7 +44,8 @@ def generate_pixels(backbone: BackboneAdapter, prompts: list[str], guide_video: 
         uncond = Conditioning(text=negative, guide=cond.guide, image=cond.image)  # same guide, no caption
     if offload_encoders:
         offload(backbone)
-    latents = sample(backbone, cond, uncond, latent_shape, seeds, spec, progress=progress)
+    known = backbone.known_latents(guide_video, guide_mask) if spec.replace_known else None
+    latents = sample(backbone, cond, uncond, latent_shape, seeds, spec, progress=progress, known=known)
     return backbone.decode_latents(latents)
 
 
