@@ -50,8 +50,10 @@ def default_dtype(dtype: torch.dtype):
 
 SMOKE = {"num_layers": 1, "text_layers": 1, "clip_layers": 1, "vae_base_dim": 8, "text_heads": 4, "text_dim": 64,
          "text_ff": 64, "text_vocab": 64, "num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 32,
-         "image_dim": 32, "clip_heads": 2, "clip_ff": 32, "max_sequence_length": 16, "text_embed_dim": 64,
-         "time_embed_dim": 32}
+         "image_dim": 32, "added_kv_proj_dim": 32, "clip_heads": 2, "clip_ff": 32, "max_sequence_length": 16,
+         "text_embed_dim": 64,
+         "time_embed_dim": 32, "max_text_seq_length": 16, "sample_height": 8, "sample_width": 8, "sample_frames": 9,
+         "text_kv": 8, "vae_block_out_channels": [8, 8, 8, 8], "vae_layers_per_block": 1, "vae_norm_num_groups": 2}
 
 
 def build(name: str, device: torch.device, smoke: bool = False):
@@ -73,8 +75,8 @@ def build(name: str, device: torch.device, smoke: bool = False):
             from anisora.backbones.cogvideox import build as build_cogvideox
 
             skip = ("kind", "objective", "native", "offload_encoders", "defaults", "_target_", "ckpt")
-            backbone = build_cogvideox(**{k: v for k, v in model.items() if k not in skip})
-            backbone.vae.float()
+            backbone = build_cogvideox(dtype=torch.bfloat16, **{k: v for k, v in model.items() if k not in skip})
+            backbone.codec.vae.float()
     return backbone.eval()
 
 
@@ -122,23 +124,55 @@ def run_model(name: str, steps: int, device: torch.device, stock: bool = False, 
     image = None if image is None else image.to(dtype)
     cond = Conditioning(text=text[:1].to(dtype), guide=guide.to(dtype), image=image)
     uncond = Conditioning(text=text[1:].to(dtype), guide=cond.guide, image=cond.image)
-    spec = SamplerSpec(name="unipc", num_steps=steps, shift=3.0, guidance_scale=5.0)
     shape = backbone.latent_shape(f, h, w)
-    sample(backbone, cond, uncond, shape, [0], SamplerSpec(name="unipc", num_steps=1, guidance_scale=5.0))  # warm-up
-    latents, dit_s, row["dit_peak_gib"] = timed(device, sample, backbone, cond, uncond, shape, [0], spec)
+    if backbone.objective == "v_pred":  # CogVideoX: DPM on the zero-terminal-SNR schedule, CFG 6
+        from anisora.diffusion.v_prediction import sample_v_prediction as sampler
+
+        spec, warm = (SamplerSpec(name="cogvideox_dpm", num_steps=n, guidance_scale=6.0) for n in (steps, 1))
+    else:
+        sampler = sample
+        spec, warm = (SamplerSpec(name="unipc", num_steps=n, shift=3.0, guidance_scale=5.0) for n in (steps, 1))
+    sampler(backbone, cond, uncond, shape, [0], warm)  # warm-up
+    latents, dit_s, row["dit_peak_gib"] = timed(device, sampler, backbone, cond, uncond, shape, [0], spec)
     row["dit_step_s"] = dit_s / steps
-    _, row["vae_decode_s"], row["vae_decode_peak_gib"] = timed(device, backbone.decode_latents, latents)
+    decode = {"num_frames": f} if backbone.objective == "v_pred" else {}
+    _, row["vae_decode_s"], row["vae_decode_peak_gib"] = timed(device, backbone.decode_latents, latents, **decode)
     row["peak_gib"] = max(v for k, v in row.items() if k.endswith("_peak_gib"))
     stages = ("text_encode_s", "image_encode_s", "vae_encode_s", "vae_decode_s")
     row["total_s"] = sum(row[k] for k in stages) + dit_s
     del cond, uncond, latents, guide, text, image
     empty_cache()
-    if stock and name.startswith("wan"):
-        row.update(run_stock_wan(backbone, g, steps, device))
+    if stock:
+        run_stock = run_stock_wan if name.startswith("wan") else run_stock_cogvideox
+        row.update(run_stock(backbone, g, steps, device))
         row["stock_over_ours"] = row["stock_total_s"] / row["total_s"]
     del backbone
     empty_cache()
     return row
+
+
+def run_stock_cogvideox(backbone, guide: torch.Tensor, steps: int, device: torch.device) -> dict:
+    """The same components through diffusers' `CogVideoXImageToVideoPipeline` (DPM, dynamic CFG 6); its VAE
+    runs in bf16 there (ours in fp32), so its VAE stages are cheaper than ours."""
+    from diffusers import CogVideoXDPMScheduler, CogVideoXImageToVideoPipeline
+
+    from anisora.backbones.wan_parts import to_pil_images
+    from anisora.diffusion.v_prediction import DEFAULT_SCHEDULE
+
+    for module in backbone.encoders():
+        module.to(device)
+    pipe = CogVideoXImageToVideoPipeline(
+        tokenizer=backbone.prompt_encoder.tokenizer, text_encoder=backbone.prompt_encoder.encoder,
+        vae=backbone.codec.vae, transformer=backbone.denoiser,
+        scheduler=CogVideoXDPMScheduler(**DEFAULT_SCHEDULE.scheduler_config()))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.vae.to(torch.bfloat16)  # the stock pipeline feeds the VAE in the text encoder's dtype
+    _, _, f, h, w = guide.shape
+    _, seconds, peak = timed(device, pipe, image=to_pil_images(guide[:, :, 0])[0], prompt=PROMPT, height=h, width=w,
+                             num_frames=f, num_inference_steps=steps, guidance_scale=6.0, use_dynamic_cfg=True,
+                             max_sequence_length=backbone.prompt_encoder.max_sequence_length, output_type="np",
+                             generator=torch.Generator("cpu").manual_seed(0))
+    return {"stock_total_s": seconds, "stock_peak_gib": peak}
 
 
 def run_stock_wan(backbone, guide: torch.Tensor, steps: int, device: torch.device) -> dict:

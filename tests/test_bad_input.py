@@ -12,8 +12,10 @@ from conftest import TINY, list_files, run_entry
         ("train.py", ["trainer.max_stepz=3"], "error: trainer.max_stepz: unknown config key; allowed in 'trainer': "
                                               "accumulate_grad_batches, deterministic"),
         ("train.py", ["trainer.max_steps=abc"], "error: trainer.max_steps: Value 'abc' of type 'str' could not be"),
-        ("train.py", ["model=wan99"], "error: model=wan99: no such option; available: tiny, wan1.3b, wan14b"),
-        ("train.py", ["sampler.name=ddim"], "error: sampler.name: expected one of euler, unipc; got 'ddim'"),
+        ("train.py", ["model=wan99"],
+         "error: model=wan99: no such option; available: cogvideox5b, tiny, wan1.3b, wan14b"),
+        ("train.py", ["sampler.name=ddim"],
+         "error: sampler.name: expected one of euler, unipc, cogvideox_dpm, cogvideox_ddim; got 'ddim'"),
         ("train.py", ["optimizer.lr=-1"], "error: optimizer.lr: must be >= 0.0; got -1.0"),
         ("train.py", ["data.num_frames=8"], "error: data.num_frames: must be 4n+1 (e.g. 5, 17), got 8"),
         ("train.py", ["data.height=15"], "error: data.height: must be a positive multiple of 2"),

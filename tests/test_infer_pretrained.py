@@ -71,3 +71,25 @@ def test_folder_without_vae_fails_at_once_naming_it(tmp_path, wan_folders):
     assert result.returncode == 2
     assert f"error: ckpt: {broken / 'vae'} is missing" in result.stderr
     assert list_files(tmp_path / "outputs") == []
+
+
+def test_infer_cogvideox5b_folder_writes_a_video(tmp_path, wan_folders):
+    from test_cogvideox import TINY, save_folder
+
+    from anisora.backbones.cogvideox import CogVideoXSpec, build_random_cogvideox
+
+    folder = tmp_path / "cogvideox"
+    save_folder(build_random_cogvideox(CogVideoXSpec(**TINY)), folder)
+    common = ["model=cogvideox5b", f"ckpt={folder}", "accelerator=cpu", "size.num_frames=9", "size.height=32",
+              "size.width=32", "sampler.num_steps=2", "model.max_sequence_length=16",
+              "prompt=a red slime moves left across the meadow"]
+    result = run_entry("infer.py", *common, f"guide.frames=[{wan_folders / 'first.png'}]",
+                       log_dir=tmp_path / "outputs")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert any(str(f).endswith("clip00.mp4") for f in list_files(tmp_path / "outputs"))
+    # two guides in one latent frame cannot both be encoded one at a time into their slots
+    image = wan_folders / "first.png"
+    clash = run_entry("infer.py", *common, "guide=keyframes", f"guide.frames=[{{image: {image}, at: 5}}, "
+                      f"{{image: {image}, at: 8}}]", log_dir=tmp_path / "clash")
+    assert clash.returncode == 2
+    assert "error: guide.indices: frames 5 and 8 fall in the same latent frame 2" in clash.stderr

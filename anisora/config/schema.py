@@ -123,6 +123,57 @@ class WanModelConfig:
 
 
 @dataclass
+class VPredObjectiveConfig:
+    name: str = choice("v_pred")
+    timestep_sampling: str = choice("uniform")
+    motion_weight: float = bounded(0.0, 0.0)
+    guide_weight: float = bounded(0.0, 0.0)
+
+
+@dataclass
+class CogVideoXModelConfig:
+    """CogVideoX I2V (AniSora V1) at any size (anisora.backbones.cogvideox.CogVideoXSpec); weights from `ckpt`."""
+
+    _target_: str = "anisora.backbones.cogvideox.build"
+    kind: str = choice("cogvideox")
+    ckpt: Optional[str] = None
+    num_layers: int = bounded(42, 1)
+    num_attention_heads: int = bounded(48, 1)
+    attention_head_dim: int = bounded(64, 2)
+    in_channels: int = bounded(32, 1)
+    out_channels: int = bounded(16, 1)
+    time_embed_dim: int = bounded(512, 1)
+    text_embed_dim: int = bounded(4096, 1)
+    patch_size: int = bounded(2, 1)
+    patch_size_t: Optional[int] = bounded(None, 1)
+    ofs_embed_dim: Optional[int] = bounded(None, 1)
+    sample_height: int = bounded(60, 1)
+    sample_width: int = bounded(90, 1)
+    sample_frames: int = bounded(49, 1)
+    max_text_seq_length: int = bounded(226, 1)
+    use_rotary_positional_embeddings: bool = True
+    use_learned_positional_embeddings: bool = True
+    max_sequence_length: int = bounded(226, 1)
+    text_layers: int = bounded(24, 1)
+    text_heads: int = bounded(64, 1)
+    text_kv: int = bounded(64, 1)
+    text_ff: int = bounded(10240, 1)
+    text_vocab: int = bounded(32128, 0)
+    empty_prompt: str = choice("encode", "zeros")
+    vae_block_out_channels: list[int] = field(default_factory=lambda: [128, 256, 256, 512])
+    vae_layers_per_block: int = bounded(3, 1)
+    vae_norm_num_groups: int = bounded(32, 1)
+    vae_scaling_factor: float = bounded(0.7, 1e-6)
+    vae_tiling: bool = False
+    latent_sampling: str = choice("sample", "mode")
+    snr_shift_scale: float = bounded(1.0, 1e-6)
+    init_seed: int = 0
+    offload_encoders: bool = True
+    native: NativeSizeConfig = field(default_factory=lambda: NativeSizeConfig(num_frames=49, height=480, width=720))
+    objective: VPredObjectiveConfig = field(default_factory=VPredObjectiveConfig)
+
+
+@dataclass
 class DataConfig:
     """Training clips. `synthetic` renders the tiny anime world on the fly (anisora.data.synthetic)."""
 
@@ -160,13 +211,14 @@ class GuideConfig:
 
 @dataclass
 class SamplerConfig:
-    name: str = choice("euler", "unipc")
+    name: str = choice("euler", "unipc", "cogvideox_dpm", "cogvideox_ddim")
     num_steps: int = bounded(30, 1)
     shift: float = bounded(3.0, 0.01)
     guidance_scale: float = bounded(5.0, 0.0)
     guidance_min_sigma: float = bounded(0.0, 0.0, 1.0)  # CFG only while sigma >= this; 0 = every step (as Wan)
     clamp_x0: Optional[float] = bounded(None, 0.0)  # clamp the implied clean latent each step; None = off
     replace_known: bool = False  # re-impose guided latent entries each step (pixel-exact codecs: the tiny model)
+    dynamic_cfg: bool = False  # CogVideoX's cosine CFG schedule (v-prediction samplers only)
 
 
 @dataclass

@@ -20,4 +20,5 @@ def register_configs() -> None:
     cs.store(name="evaluate_schema", node=schema.EvaluateTaskConfig)
     cs.store(group="model", name="tiny_schema", node=schema.TinyModelConfig)
     cs.store(group="model", name="wan_schema", node=schema.WanModelConfig)
+    cs.store(group="model", name="cogvideox5b_schema", node=schema.CogVideoXModelConfig)
     _REGISTERED = True

@@ -20,7 +20,7 @@ from anisora.data.captions import caption_with_scores
 from anisora.data.synthetic import WorldConfig, benchmark_clips
 from anisora.diffusion.sampling import SamplerSpec
 from anisora.evaluation.metrics import masked_psnr
-from anisora.guidance.spec import GuideSpec, build_pair, guide_spec
+from anisora.guidance.spec import GuideSpec, build_pair, check_one_guide_per_slot, guide_spec
 from anisora.inference.guide_files import GuideFiles, check_guide_paths, guide_paths
 from anisora.inference.loading import load_model, read_hparams, trained_data
 from anisora.inference.pipeline import from_uint8_frames, generate, to_uint8_frames
@@ -85,9 +85,10 @@ def plan(cfg: DictConfig, own_pixels: bool) -> Plan:
         native = cfg.model.native
         f, h, w = (cfg.size[k] if cfg.size[k] is not None else native[k] for k in ("num_frames", "height", "width"))
         check_clip_shape(f, h, w, *latent_grid(OmegaConf.to_container(cfg.model)), prefix="size")
-        if cfg.model.variant == "i2v" and not own_pixels:
+        variant = cfg.model.get("variant", "i2v")
+        if variant == "i2v" and not own_pixels:
             raise ConfigError("guide.frames", "an image-to-video model needs guide images: guide.frames=[first.png]")
-        if cfg.model.variant == "t2v" and own_pixels:
+        if variant == "t2v" and own_pixels:
             raise ConfigError("guide.frames", "a text-to-video model takes no guide images; leave guide.frames empty")
         if not cfg.prompt:
             raise ConfigError("prompt", "a prompt is required with a model folder")
@@ -105,6 +106,10 @@ def check_model_folder(model: DictConfig, folder: Path) -> None:
         from anisora.backbones.wan_loading import WanSpec, check_wan_folder
 
         check_wan_folder(WanSpec(variant=model.variant, ckpt=str(folder), transformer=model.transformer))
+    elif model.kind == "cogvideox":
+        from anisora.backbones.cogvideox import CogVideoXSpec, check_cogvideox_folder
+
+        check_cogvideox_folder(CogVideoXSpec(ckpt=str(folder)))
 
 
 def load_backbone(cfg: DictConfig, job: Plan, device: torch.device, dtype: torch.dtype):
@@ -119,11 +124,8 @@ def infer(cfg: DictConfig, run_dir: Path) -> list[Path]:
     job = plan(cfg, own_pixels)
     f, h, w = job.frames, job.height, job.width
     spec = guide_spec(cfg.guide, f) if (own_pixels or job.source == "lightning") else GuideSpec((), ())
-    device = resolve_device(cfg.accelerator.name)
-    environment_defaults()
-    write_run_record(cfg, run_dir)
-    set_num_threads(cfg.accelerator.num_threads)
-
+    if job.source == "folder" and cfg.model.kind == "cogvideox":  # each guide frame owns a latent frame there
+        check_one_guide_per_slot(spec.indices, 4)
     files = GuideFiles(h, w, cfg.guide.resize)
     if own_pixels or job.source == "folder":
         requests = [(None, cfg.prompt, None)]
@@ -131,7 +133,11 @@ def infer(cfg: DictConfig, run_dir: Path) -> list[Path]:
         data = trained_data(job.hparams)
         requests = benchmark_requests(world_from_data(data), int(data.get("seed", 0)), cfg.num_clips, cfg.prompt)
     pairs = [build_pair(spec, f, h, w, files.image, files.video, reference, cfg.guide.mask_threshold, files.mask)
-             for reference, _, _ in requests]
+             for reference, _, _ in requests]  # reads and checks every guide file before anything is written
+    device = resolve_device(cfg.accelerator.name)
+    environment_defaults()
+    write_run_record(cfg, run_dir)
+    set_num_threads(cfg.accelerator.num_threads)
 
     backbone = load_backbone(cfg, job, device, inference_dtype(device, cfg.accelerator.precision))
     guide = torch.stack([p[0] for p in pairs])
