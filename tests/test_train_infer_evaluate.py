@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY, run_entry
+from conftest import ROOT, TINY, list_files, run_entry
 from PIL import Image
 
 from anisora.inference.video_io import read_image, read_video
@@ -20,6 +20,10 @@ from anisora.inference.video_io import read_image, read_video
 STEPS = 24
 COMMON = [*TINY, f"trainer.max_steps={STEPS}", "callbacks.checkpoint_every_n_steps=4", "trainer.val_every_n_steps=12",
           "trainer.log_every_n_steps=4", "optimizer.warmup_steps=4"]
+
+
+def list_names(folder: Path) -> list[str]:
+    return [p.name for p in folder.glob("*.ckpt")] if folder.is_dir() else []
 
 
 def weights(ckpt: Path) -> tuple[int, dict[str, torch.Tensor]]:
@@ -38,9 +42,10 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     run_dir = log_dir / "train" / "first"
     args = [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={log_dir}", f"hydra.run.dir={run_dir}", *COMMON]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    mid_run = {f"step{step:06d}.ckpt" for step in range(8, STEPS, 4)}  # only the newest is kept: catch any
     deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and not (run_dir / "checkpoints" / "step000008.ckpt").exists():
-        time.sleep(0.05)
+    while time.time() < deadline and proc.poll() is None and not mid_run & set(list_names(run_dir / "checkpoints")):
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     resumed = run_entry("train.py", *COMMON, "ckpt_path=last", log_dir=log_dir, run_dir=log_dir / "train" / "second")
@@ -99,6 +104,49 @@ def test_infer_from_a_guide_image_and_prompt(trained, tmp_path):
     assert (run_dir / "guides" / "clip00_frame0000.png").is_file()
 
 
+@pytest.mark.parametrize("guide", ["guide=last", "guide=mid", "guide=keyframes guide.indices=[0,2,-1]",
+                                   "guide=region guide.mask=MASK", "guide=flf2v motion_score=3"])
+def test_every_guide_mode_runs_from_the_command_line(trained, tmp_path, guide):
+    keep = np.zeros((16, 16, 3), np.uint8)
+    keep[:, :8] = 255
+    Image.fromarray(keep).save(tmp_path / "mask.png")
+    overrides = guide.replace("MASK", str(tmp_path / "mask.png")).split()
+    run_dir = tmp_path / "run"
+    out = run_entry("infer.py", "accelerator=cpu", "num_clips=1", "sampler.num_steps=2", *overrides,
+                    log_dir=trained["log_dir"], run_dir=run_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads((run_dir / "samples.json").read_text())[0]
+    expected = {"guide=last": ["4"], "guide=mid": ["0", "2", "4"], "guide=keyframes": ["0", "2", "4"],
+                "guide=region": ["0"], "guide=flf2v": ["0", "4"]}[overrides[0]]
+    assert sorted(record["guide_psnr_db"]) == expected
+    if "motion_score=3" in guide:
+        assert record["prompt"].endswith("motion score: 3.0.")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["guide.indices=[7]"], "error: guide.indices[0]: frame index 7 is outside a clip of 5 frames"),
+        (["guide=flf2v", "guide.indices=[0,-5]"], "error: guide.indices[1]: -5 is frame 0, already given by"),
+        (["guide=keyframes"], "error: guide.frames: guide=keyframes needs frames"),
+        (["guide=region"], "error: guide.mask: guide=region needs a mask"),
+        (["guide=region", "guide.mask=GREY"], "error: guide.mask: not a black/white mask"),
+        (["guide.frames=[BIG]", "guide.resize=false", "prompt=x"], "error: guide.resize: "),
+        (["guide=video"], "error: guide.video: guide=video needs a guide video"),
+    ],
+)
+def test_invalid_guides_fail_before_sampling_and_write_nothing(trained, tmp_path, overrides, expected):
+    Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(tmp_path / "grey.png")
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "big.png")
+    overrides = [o.replace("GREY", str(tmp_path / "grey.png")).replace("BIG", str(tmp_path / "big.png"))
+                 for o in overrides]
+    before = list_files(trained["log_dir"] / "infer")
+    out = run_entry("infer.py", "accelerator=cpu", *overrides, log_dir=trained["log_dir"])
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith(expected), out.stderr[-500:]
+    assert list_files(trained["log_dir"] / "infer") == before
+
+
 def test_evaluate_generates_and_scores_the_benchmark_then_rescores_the_folder(trained):
     run_dir = trained["log_dir"] / "evaluate" / "gen"
     out = run_entry("evaluate.py", "accelerator=cpu", "num_clips=4", "sampler.num_steps=2", "logger=none",
@@ -116,7 +164,8 @@ def test_evaluate_generates_and_scores_the_benchmark_then_rescores_the_folder(tr
     assert out.returncode == 0, out.stderr[-3000:]
     rescored = json.loads((again / "metrics.json").read_text())
     assert rescored["num_clips"] == 4
-    assert abs(rescored["first_frame_psnr"] - metrics["first_frame_psnr"]) < 3.0  # only mp4 coding differs
+    # only mp4 coding differs: generated frame 0 is exact (guided latents are replaced), its mp4 a little less
+    assert rescored["first_frame_psnr"] > 30.0 and metrics["first_frame_psnr"] >= rescored["first_frame_psnr"] - 1.0
 
 
 def test_multirun_sweep_runs_each_job(tmp_path):

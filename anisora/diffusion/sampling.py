@@ -17,13 +17,14 @@ from anisora.diffusion.flow_matching import NUM_TRAIN_TIMESTEPS
 
 @dataclass
 class SamplerSpec:
-    name: str = "euler"  # euler | unipc
+    name: str = "euler"  # euler | unipc (flow matching); cogvideox_dpm | cogvideox_ddim (v-prediction)
     num_steps: int = 30
     shift: float = 3.0
     guidance_scale: float = 5.0
     guidance_min_sigma: float = 0.0  # CFG only while sigma >= this (guidance interval); 0 = every step
     clamp_x0: float | None = None  # clamp the implied clean latent to [-c, c] each step (dynamic thresholding)
     replace_known: bool = False  # re-impose guided latent entries (noised to the current level) after each step
+    dynamic_cfg: bool = False  # CogVideoX's cosine guidance schedule (v-prediction samplers)
 
 
 def build_scheduler(spec: SamplerSpec):

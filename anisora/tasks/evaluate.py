@@ -18,8 +18,8 @@ from anisora.data.synthetic import benchmark_clips
 from anisora.evaluation.metrics import ClipScore, aggregate, guide_fidelity, score_clip
 from anisora.evaluation.report import write_report
 from anisora.guidance.spec import build_pair, guide_spec
-from anisora.inference.guide_files import GuideFiles
-from anisora.inference.loading import load_model
+from anisora.inference.guide_files import GuideFiles, check_guide_paths
+from anisora.inference.loading import load_model, read_hparams, trained_data
 from anisora.inference.pipeline import from_uint8_frames, generate, to_uint8_frames
 from anisora.inference.video_io import (
     atomic_write_bytes,
@@ -63,6 +63,17 @@ def guided_frames(guide: torch.Tensor, mask: torch.Tensor) -> tuple[list[int], n
     indices = [int(i) for i in torch.nonzero(mask.flatten(1).amax(dim=1)).flatten()]
     given = to_uint8_frames(guide[None, :, indices])[0]
     return indices, given, mask[indices].numpy() > 0
+
+
+def check_guides(cfg: DictConfig, ckpt: Path) -> None:
+    """The guide spec and its files against the checkpoint's clip size, before anything is written."""
+    world = world_from_data(trained_data(read_hparams(ckpt)))
+    check_guide_paths(cfg.guide)
+    spec = guide_spec(cfg.guide, world.num_frames)
+    files = GuideFiles(world.height, world.width, cfg.guide.resize)
+    first = from_uint8_frames(benchmark_clips(world, 0, 1)[0].video)
+    build_pair(spec, world.num_frames, world.height, world.width, files.image, files.video, first,
+               cfg.guide.mask_threshold, files.mask)
 
 
 def generate_benchmark(cfg: DictConfig, ckpt: Path, run_dir: Path) -> list[ClipScore]:
@@ -124,6 +135,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         ckpt = None
     else:
         ckpt = find_checkpoint(cfg.ckpt, Path(cfg.paths.log_dir), "ckpt")
+        check_guides(cfg, ckpt)
     environment_defaults()
     write_run_record(cfg, run_dir)
     set_num_threads(cfg.accelerator.num_threads)
