@@ -63,3 +63,24 @@ def test_tiny_model_has_no_pipeline_export(tmp_path):
         export_pipeline(tiny, tmp_path / "x")
     with pytest.raises(ConfigError, match="no LoRA adapter"):
         export_lora(ours(tiny_parts("t2v"), "t2v"), tmp_path / "y")
+
+
+def test_cogvideox_export_loads_in_the_stock_pipeline_and_samples_the_same(tmp_path):
+    from diffusers import CogVideoXImageToVideoPipeline
+    from test_cogvideox import TINY
+
+    from anisora.backbones.cogvideox import CogVideoXSpec, build_random_cogvideox
+
+    backbone = build_random_cogvideox(CogVideoXSpec(**TINY))
+    dst = export_pipeline(backbone, tmp_path / "cogvideox")
+    loaded = CogVideoXImageToVideoPipeline.from_pretrained(dst, local_files_only=True)
+    call = {"image": Image.fromarray(random_image(2)), "prompt": PROMPT, "height": 32, "width": 32,
+            "num_frames": 9, "num_inference_steps": 2, "guidance_scale": 6.0, "use_dynamic_cfg": True,
+            "max_sequence_length": TINY["max_sequence_length"], "output_type": "np"}
+    stock = stock_pipeline(backbone)
+    for pipe in (loaded, stock):
+        pipe.set_progress_bar_config(disable=True)
+    expected = stock(generator=torch.Generator().manual_seed(3), **call).frames[0]
+    np.testing.assert_allclose(loaded(generator=torch.Generator().manual_seed(3), **call).frames[0], expected,
+                               atol=1e-5)
+    assert type(loaded.scheduler).__name__ == "CogVideoXDPMScheduler"

@@ -165,6 +165,7 @@ class CogVideoXModelConfig:
     vae_norm_num_groups: int = bounded(32, 1)
     vae_scaling_factor: float = bounded(0.7, 1e-6)
     vae_tiling: bool = False
+    vae_dtype: str = choice("model", "float32")  # model: the DiT's dtype (as diffusers' CogVideoX pipelines)
     latent_sampling: str = choice("sample", "mode")
     snr_shift_scale: float = bounded(1.0, 1e-6)
     init_seed: int = 0
