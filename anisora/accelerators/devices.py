@@ -1,6 +1,8 @@
-"""Device selection for inference and evaluation; the only place besides npu/ that names backends."""
+"""Device selection for training, inference and evaluation; the only place besides npu/ that names backends."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -23,8 +25,19 @@ def resolve_device(name: str) -> torch.device:
             raise ConfigError("accelerator.name", "gpu was requested but torch sees no CUDA device")
         return torch.device("cuda", 0)
     if name == "npu":
-        raise ConfigError("accelerator.name", "npu needs torch_npu and Ascend CANN: pip install 'anisora[npu]'")
+        from anisora.accelerators.npu import require_torch_npu
+
+        require_torch_npu()
+        return torch.device("npu", 0)
     raise ConfigError("accelerator.name", f"expected one of auto, cpu, gpu, npu; got {name!r}")
+
+
+def local_device(name: str, local_rank: int) -> torch.device:
+    """The device of one process among several on a host (GPU local_rank modulo the GPUs present)."""
+    device = resolve_device(name)
+    if device.type == "cuda":
+        return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+    return device
 
 
 def inference_dtype(device: torch.device, precision: str) -> torch.dtype:
@@ -34,6 +47,39 @@ def inference_dtype(device: torch.device, precision: str) -> torch.dtype:
 
 def lightning_accelerator(name: str) -> str:
     return {"gpu": "cuda"}.get(name, name)
+
+
+def trainer_device_kwargs(name: str, devices: Any, strategy: str, precision: str) -> dict[str, Any]:
+    """`lightning.Trainer` keyword arguments for the accelerator group. NPUs get explicit accelerator,
+    strategy and precision objects (Lightning would fall back to CPU strategies and CUDA autocast); a
+    missing NPU stack or an unknown attention backend fails here with one line, before anything is written."""
+    if name == "npu":
+        from anisora.accelerators.npu import trainer_kwargs
+
+        return trainer_kwargs(strategy, devices, precision)
+    return {"accelerator": lightning_accelerator(name), "devices": devices, "strategy": strategy,
+            "precision": precision, "plugins": []}
+
+
+def check_attention_backend(name: str | None) -> None:
+    """Fail before any model is built on a name diffusers does not know."""
+    if not name:
+        return
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    allowed = [b.value for b in AttentionBackendName]
+    if name not in allowed:
+        raise ConfigError("accelerator.attention_backend", f"expected one of {', '.join(allowed)}; got {name!r}")
+
+
+def set_attention_backend(denoiser: torch.nn.Module, name: str | None) -> None:
+    """The accelerator group's diffusers attention backend (e.g. `_native_npu` on Ascend); None keeps the default."""
+    if not name:
+        return
+    check_attention_backend(name)
+    if not hasattr(denoiser, "set_attention_backend"):
+        raise ConfigError("accelerator.attention_backend", f"{type(denoiser).__name__} is not a diffusers model")
+    denoiser.set_attention_backend(name)
 
 
 def set_num_threads(num_threads: int | None) -> None:

@@ -11,7 +11,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from anisora.accelerators.devices import inference_dtype, resolve_device, set_num_threads
+from anisora.accelerators.devices import (
+    check_attention_backend,
+    inference_dtype,
+    resolve_device,
+    set_attention_backend,
+    set_num_threads,
+)
 from anisora.config.errors import ConfigError
 from anisora.data.captions import caption_with_scores
 from anisora.data.synthetic import benchmark_clips
@@ -80,7 +86,9 @@ def generate_benchmark(cfg: DictConfig, ckpt: Path, run_dir: Path) -> list[ClipS
     """Sample the benchmark clips guided by `guide=` (first frame by default) and their captions; keep every
     video with its truth and its guide."""
     device = resolve_device(cfg.accelerator.name)
+    check_attention_backend(cfg.accelerator.attention_backend)
     model = load_model(ckpt, device, inference_dtype(device, cfg.accelerator.precision))
+    set_attention_backend(model.backbone.denoiser, cfg.accelerator.attention_backend)
     data = model.data
     world = world_from_data(data)
     f, h, w = world.num_frames, world.height, world.width

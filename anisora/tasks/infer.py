@@ -11,7 +11,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from anisora.accelerators.devices import inference_dtype, resolve_device, set_num_threads
+from anisora.accelerators.devices import (
+    check_attention_backend,
+    inference_dtype,
+    resolve_device,
+    set_attention_backend,
+    set_num_threads,
+)
 from anisora.backbones import latent_grid, load_pretrained
 from anisora.backbones.base import check_clip_shape
 from anisora.config.errors import ConfigError
@@ -135,11 +141,13 @@ def infer(cfg: DictConfig, run_dir: Path) -> list[Path]:
     pairs = [build_pair(spec, f, h, w, files.image, files.video, reference, cfg.guide.mask_threshold, files.mask)
              for reference, _, _ in requests]  # reads and checks every guide file before anything is written
     device = resolve_device(cfg.accelerator.name)
+    check_attention_backend(cfg.accelerator.attention_backend)
     environment_defaults()
     write_run_record(cfg, run_dir)
     set_num_threads(cfg.accelerator.num_threads)
 
     backbone = load_backbone(cfg, job, device, inference_dtype(device, cfg.accelerator.precision))
+    set_attention_backend(backbone.denoiser, cfg.accelerator.attention_backend)
     guide = torch.stack([p[0] for p in pairs])
     mask = torch.stack([p[1] for p in pairs])
     prompts = [caption_with_scores(r[1], cfg.motion_score, cfg.aesthetic_score) for r in requests]

@@ -10,7 +10,12 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Ri
 from omegaconf import DictConfig, OmegaConf
 
 from anisora.accelerators.checkpoint_io import AtomicCheckpointIO
-from anisora.accelerators.devices import lightning_accelerator, set_num_threads
+from anisora.accelerators.devices import (
+    check_attention_backend,
+    set_attention_backend,
+    set_num_threads,
+    trainer_device_kwargs,
+)
 from anisora.backbones import latent_grid
 from anisora.backbones.base import check_clip_shape
 from anisora.data.datamodule import SyntheticDataModule
@@ -67,6 +72,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     check_data(cfg)
     resume = find_checkpoint(cfg.ckpt_path, Path(cfg.paths.log_dir), "ckpt_path")
     environment_defaults()
+    acc = cfg.accelerator
+    device_kwargs = trainer_device_kwargs(acc.name, acc.devices, acc.strategy, acc.precision)  # fails fast
+    check_attention_backend(acc.attention_backend)
     write_run_record(cfg, run_dir)
     set_num_threads(cfg.accelerator.num_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -78,15 +86,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                        sampler=container["sampler"], max_steps=cfg.trainer.max_steps,
                        data=container["data"])
     method.log_videos = cfg.logger.log_videos and cfg.callbacks.sample_videos
+    set_attention_backend(method.backbone.denoiser, cfg.accelerator.attention_backend)
     params = sum(p.numel() for p in method.backbone.denoiser.parameters())
     log.info("denoiser parameters: %s; run folder: %s", f"{params:,}", run_dir)
 
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),
-        accelerator=lightning_accelerator(cfg.accelerator.name),
-        devices=cfg.accelerator.devices,
-        strategy=cfg.accelerator.strategy,
-        precision=cfg.accelerator.precision,
+        **{k: v for k, v in device_kwargs.items() if k != "plugins"},
         max_steps=cfg.trainer.max_steps,
         val_check_interval=cfg.trainer.val_every_n_steps * cfg.trainer.accumulate_grad_batches,
         check_val_every_n_epoch=None,
@@ -98,7 +104,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         deterministic=cfg.trainer.deterministic,
         logger=build_loggers(cfg, run_dir) or False,
         callbacks=build_callbacks(cfg, run_dir),
-        plugins=[AtomicCheckpointIO()],
+        plugins=[*device_kwargs["plugins"], AtomicCheckpointIO()],
         enable_progress_bar=cfg.callbacks.progress_bar != "none",
         enable_model_summary=False,
     )
