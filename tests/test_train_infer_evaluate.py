@@ -104,6 +104,22 @@ def test_infer_from_a_guide_image_and_prompt(trained, tmp_path):
     assert (run_dir / "guides" / "clip00_frame0000.png").is_file()
 
 
+def test_infer_with_composed_speedups_and_refusal_of_one_this_device_cannot_run(trained, tmp_path):
+    run_dir = tmp_path / "fast"
+    out = run_entry("infer.py", "accelerator=cpu", "num_clips=1", "sampler.num_steps=3", "speedup=[compile,taylorseer]",
+                    "speedup.compile_backend=aot_eager", log_dir=trained["log_dir"], run_dir=run_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "speed-ups: cache=taylorseer, compile" in out.stderr + out.stdout
+    assert len(list((run_dir / "videos").glob("*.mp4"))) == 1
+    for script in ("infer.py", "evaluate.py"):
+        before = list_files(trained["log_dir"])
+        out = run_entry(script, "accelerator=cpu", "speedup=fast", log_dir=trained["log_dir"])
+        assert out.returncode == 2
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: speedup.fp8: needs"), out.stderr[-500:]
+        assert list_files(trained["log_dir"]) == before
+
+
 @pytest.mark.parametrize("guide", ["guide=last", "guide=mid", "guide=keyframes guide.indices=[0,2,-1]",
                                    "guide=region guide.mask=MASK", "guide=flf2v motion_score=3"])
 def test_every_guide_mode_runs_from_the_command_line(trained, tmp_path, guide):

@@ -105,6 +105,18 @@ def reset_peak_memory(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def compute_capability(device: torch.device) -> tuple[int, int] | None:
+    """(major, minor) of a CUDA device, None elsewhere."""
+    if device.type != "cuda" or not cuda_available():
+        return None
+    return torch.cuda.get_device_capability(device)
+
+
+def has_streams(device: torch.device) -> bool:
+    """Whether the device has asynchronous copy streams (what group offloading overlaps transfers with)."""
+    return device.type == "cuda" and cuda_available()
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -223,6 +223,24 @@ class SamplerConfig:
 
 
 @dataclass
+class SpeedupConfig:
+    """Inference speed-ups (anisora.inference.speedups); options of the `speedup` group compose as a list."""
+
+    compile: bool = False
+    compile_backend: str = "inductor"
+    compile_mode: Optional[str] = None
+    cache: str = choice("none", "first_block", "faster", "taylorseer", "mag")
+    cache_threshold: float = bounded(0.05, 0.0)
+    cache_interval: int = bounded(5, 1)
+    cache_warmup_steps: int = bounded(3, 0)
+    mag_ratios: Optional[list[float]] = None
+    fp8: bool = False
+    lowvram: bool = False
+    lowvram_blocks_per_group: int = bounded(1, 1)
+    best_effort: bool = False
+
+
+@dataclass
 class OptimizerConfig:
     lr: float = bounded(1e-3, 0.0)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
@@ -308,6 +326,7 @@ class InferTaskConfig:
     guide: GuideConfig = MISSING
     sampler: SamplerConfig = MISSING
     accelerator: AcceleratorConfig = MISSING
+    speedup: SpeedupConfig = field(default_factory=SpeedupConfig)
     out: OutputConfig = field(default_factory=OutputConfig)
     paths: PathsConfig = MISSING
 
@@ -326,5 +345,6 @@ class EvaluateTaskConfig:
     guide: GuideConfig = MISSING
     sampler: SamplerConfig = MISSING
     accelerator: AcceleratorConfig = MISSING
+    speedup: SpeedupConfig = field(default_factory=SpeedupConfig)
     logger: LoggerConfig = MISSING
     paths: PathsConfig = MISSING

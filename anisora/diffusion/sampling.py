@@ -6,6 +6,7 @@ so a backbone sampled here matches the stock pipeline for the same components.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,21 @@ def build_scheduler(spec: SamplerSpec):
     raise ValueError(f"sampler.name: expected euler or unipc, got {spec.name!r}")
 
 
+def branch_context(backbone: BackboneAdapter, name: str):
+    """diffusers' cache hooks keep separate state per named context: one for the batched CFG call, one for a
+    conditional-only call (after CFG truncation); a no-op without cache hooks."""
+    denoiser = backbone.denoiser
+    if getattr(denoiser, "is_cache_enabled", False):
+        return denoiser.cache_context(name)
+    return contextlib.nullcontext()
+
+
+def reset_caches(backbone: BackboneAdapter) -> None:
+    """Forget the previous video's cached states (cache hooks are stateful across calls)."""
+    if getattr(backbone.denoiser, "is_cache_enabled", False):
+        backbone.denoiser._reset_stateful_cache()
+
+
 def initial_noise(shape: tuple[int, ...], seeds: list[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """One generator per sample: a clip's noise depends on its seed alone, not on batch composition."""
     parts = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s)), dtype=torch.float32)
@@ -60,7 +76,9 @@ def sample(backbone: BackboneAdapter, cond: Conditioning, uncond: Conditioning |
     replace = known is not None and spec.replace_known
     sigmas = [float(s) for s in scheduler.sigmas] if replace else []
     use_cfg = uncond is not None and spec.guidance_scale != 1.0
-    both = Conditioning.cat([cond, uncond]) if use_cfg else cond
+    uncond_first = bool(getattr(backbone, "cfg_uncond_first", False))  # FasterCache's batch layout
+    both = (Conditioning.cat([uncond, cond] if uncond_first else [cond, uncond])) if use_cfg else cond
+    reset_caches(backbone)
     steps = scheduler.timesteps
     iterator = steps
     if progress:
@@ -72,9 +90,11 @@ def sample(backbone: BackboneAdapter, cond: Conditioning, uncond: Conditioning |
         guided = use_cfg and sigma >= spec.guidance_min_sigma
         model_in = torch.cat([latents, latents]) if guided else latents
         timestep = t.expand(model_in.shape[0]).to(device)
-        pred = backbone.denoise(model_in.to(dtype), timestep, both if guided else cond).float()
+        backbone.current_timestep = int(t)
+        with branch_context(backbone, "cfg" if guided else "cond"):
+            pred = backbone.denoise(model_in.to(dtype), timestep, both if guided else cond).float()
         if guided:
-            pred_cond, pred_uncond = pred.chunk(2)
+            pred_cond, pred_uncond = pred.chunk(2)[::-1] if uncond_first else pred.chunk(2)
             pred = pred_uncond + spec.guidance_scale * (pred_cond - pred_uncond)
         if spec.clamp_x0 is not None and sigma > 0:
             x0 = (latents - sigma * pred).clamp(-spec.clamp_x0, spec.clamp_x0)
@@ -84,4 +104,5 @@ def sample(backbone: BackboneAdapter, cond: Conditioning, uncond: Conditioning |
             values, mask = known
             nxt = sigmas[i + 1] if i + 1 < len(sigmas) else 0.0
             latents = torch.where(mask, (1 - nxt) * values.float() + nxt * noise, latents)
+    reset_caches(backbone)
     return latents

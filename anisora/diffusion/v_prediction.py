@@ -20,7 +20,7 @@ from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
 
 from anisora.backbones.base import BackboneAdapter, Conditioning
 from anisora.config.errors import ConfigError
-from anisora.diffusion.sampling import SamplerSpec
+from anisora.diffusion.sampling import SamplerSpec, branch_context, reset_caches
 
 SAMPLERS = ("cogvideox_dpm", "cogvideox_ddim")
 
@@ -153,6 +153,7 @@ def sample_v_prediction(backbone: BackboneAdapter, cond: Conditioning, uncond: C
     latents = latents * scheduler.init_noise_sigma
     use_cfg = uncond is not None and spec.guidance_scale > 1.0
     both = Conditioning.cat([uncond, cond]) if use_cfg else cond
+    reset_caches(backbone)
     is_dpm = isinstance(scheduler, CogVideoXDPMScheduler)
     old_x0 = None
     iterator = timesteps
@@ -166,7 +167,9 @@ def sample_v_prediction(backbone: BackboneAdapter, cond: Conditioning, uncond: C
         model_in = torch.cat([latents, latents]) if guided else latents
         model_in = scheduler.scale_model_input(model_in, t)
         timestep = t.expand(model_in.shape[0])
-        pred = backbone.denoise(model_in.permute(0, 2, 1, 3, 4).to(dtype), timestep, both if guided else cond)
+        backbone.current_timestep = int(t)
+        with branch_context(backbone, "cfg" if guided else "cond"):
+            pred = backbone.denoise(model_in.permute(0, 2, 1, 3, 4).to(dtype), timestep, both if guided else cond)
         pred = pred.permute(0, 2, 1, 3, 4).float()
         if guided:
             scale = dynamic_guidance_scale(spec.guidance_scale, t.item(), num_steps) if dynamic_cfg \
@@ -182,4 +185,5 @@ def sample_v_prediction(backbone: BackboneAdapter, cond: Conditioning, uncond: C
                                              generator=generators, return_dict=False)
         else:
             latents = scheduler.step(pred, t, latents, eta=0.0, generator=generators, return_dict=False)[0]
+    reset_caches(backbone)
     return latents.permute(0, 2, 1, 3, 4)

@@ -33,7 +33,7 @@ def generate_pixels(backbone: BackboneAdapter, prompts: list[str], guide_video: 
     G is (B, 3, F, H, W) in [-1, 1] and M is (B, F, H, W). With `offload_encoders` the frozen text
     and image encoders go to the CPU once their embeddings exist, before the DiT runs.
     """
-    device = next(backbone.denoiser.parameters()).device
+    device = getattr(backbone, "execution_device", None) or next(backbone.denoiser.parameters()).device
     guide_video, guide_mask = guide_video.to(device), guide_mask.to(device)
     _, _, f, h, w = guide_video.shape
     latent_shape = backbone.latent_shape(f, h, w)

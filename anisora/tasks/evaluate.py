@@ -27,6 +27,7 @@ from anisora.guidance.spec import build_pair, guide_spec
 from anisora.inference.guide_files import GuideFiles, check_guide_paths
 from anisora.inference.loading import load_model, read_hparams, trained_data
 from anisora.inference.pipeline import from_uint8_frames, generate, to_uint8_frames
+from anisora.inference.speedups import SpeedupSpec, apply_speedups, check_speedups
 from anisora.inference.video_io import (
     atomic_write_bytes,
     display_scale,
@@ -87,8 +88,11 @@ def generate_benchmark(cfg: DictConfig, ckpt: Path, run_dir: Path) -> list[ClipS
     video with its truth and its guide."""
     device = resolve_device(cfg.accelerator.name)
     check_attention_backend(cfg.accelerator.attention_backend)
+    speedups = SpeedupSpec.from_config(cfg.speedup)
+    check_speedups(speedups, device)
     model = load_model(ckpt, device, inference_dtype(device, cfg.accelerator.precision))
     set_attention_backend(model.backbone.denoiser, cfg.accelerator.attention_backend)
+    apply_speedups(model.backbone, speedups, device)
     data = model.data
     world = world_from_data(data)
     f, h, w = world.num_frames, world.height, world.width
@@ -144,6 +148,8 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     else:
         ckpt = find_checkpoint(cfg.ckpt, Path(cfg.paths.log_dir), "ckpt")
         check_guides(cfg, ckpt)
+        check_attention_backend(cfg.accelerator.attention_backend)
+        check_speedups(SpeedupSpec.from_config(cfg.speedup), resolve_device(cfg.accelerator.name))
     environment_defaults()
     write_run_record(cfg, run_dir)
     set_num_threads(cfg.accelerator.num_threads)

@@ -30,6 +30,7 @@ from anisora.guidance.spec import GuideSpec, build_pair, check_one_guide_per_slo
 from anisora.inference.guide_files import GuideFiles, check_guide_paths, guide_paths
 from anisora.inference.loading import load_model, read_hparams, trained_data
 from anisora.inference.pipeline import from_uint8_frames, generate, to_uint8_frames
+from anisora.inference.speedups import SpeedupSpec, apply_speedups, check_speedups
 from anisora.inference.video_io import (
     atomic_write_bytes,
     display_scale,
@@ -142,12 +143,15 @@ def infer(cfg: DictConfig, run_dir: Path) -> list[Path]:
              for reference, _, _ in requests]  # reads and checks every guide file before anything is written
     device = resolve_device(cfg.accelerator.name)
     check_attention_backend(cfg.accelerator.attention_backend)
+    speedups = SpeedupSpec.from_config(cfg.speedup)
+    check_speedups(speedups, device)
     environment_defaults()
     write_run_record(cfg, run_dir)
     set_num_threads(cfg.accelerator.num_threads)
 
     backbone = load_backbone(cfg, job, device, inference_dtype(device, cfg.accelerator.precision))
     set_attention_backend(backbone.denoiser, cfg.accelerator.attention_backend)
+    apply_speedups(backbone, speedups, device)
     guide = torch.stack([p[0] for p in pairs])
     mask = torch.stack([p[1] for p in pairs])
     prompts = [caption_with_scores(r[1], cfg.motion_score, cfg.aesthetic_score) for r in requests]

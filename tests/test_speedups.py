@@ -1,0 +1,111 @@
+"""Speed-ups compose with any model: exact where they should be, deterministic, and a one-line refusal (or a
+best_effort skip) where the device cannot run them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ROOT
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from anisora.backbones.tiny import TinyBackboneSpec, build_tiny_backbone
+from anisora.config.errors import ConfigError
+from anisora.config.store import register_configs
+from anisora.diffusion.sampling import SamplerSpec
+from anisora.inference.pipeline import generate_pixels
+from anisora.inference.speedups import SpeedupSpec, apply_speedups, check_speedups
+
+CPU = torch.device("cpu")
+PROMPT = ["a red slime moves left across the meadow."]
+SPEC = SamplerSpec(name="euler", num_steps=6, guidance_scale=4.0)
+
+
+def tiny():
+    return build_tiny_backbone(TinyBackboneSpec(num_layers=2, num_attention_heads=2, attention_head_dim=8,
+                                                ffn_dim=16, text_dim=16, text_layers=1, text_heads=2)).eval()
+
+
+def guide() -> tuple[torch.Tensor, torch.Tensor]:
+    g, m = torch.zeros(1, 3, 5, 16, 16), torch.zeros(1, 5, 16, 16)
+    g[:, :, 0], m[:, 0] = 0.3, 1
+    return g, m
+
+
+@pytest.fixture(scope="module")
+def reference() -> torch.Tensor:
+    return generate_pixels(tiny(), PROMPT, *guide(), [1], SPEC)
+
+
+@pytest.mark.parametrize(("options", "exact"), [
+    ({"compile": True, "compile_backend": "aot_eager"}, True),
+    ({"cache": "first_block", "cache_threshold": 0.0}, True),  # nothing is ever similar enough to reuse
+    ({"cache": "first_block", "cache_threshold": 0.5}, False),
+    ({"cache": "taylorseer", "cache_interval": 2, "cache_warmup_steps": 1}, False),
+    ({"cache": "faster"}, False),
+    ({"cache": "mag", "mag_ratios": [1.0] * 6, "cache_threshold": 0.5}, False),
+    ({"compile": True, "compile_backend": "aot_eager", "cache": "first_block", "cache_threshold": 0.5}, False),
+])
+def test_each_speedup_runs_repeatably_and_lossless_ones_are_exact(reference, options, exact):
+    backbone = tiny()
+    applied = apply_speedups(backbone, SpeedupSpec(**options), CPU)
+    assert applied
+    first = generate_pixels(backbone, PROMPT, *guide(), [1], SPEC)
+    again = generate_pixels(backbone, PROMPT, *guide(), [1], SPEC)
+    assert torch.equal(first, again)  # cache state is reset between videos
+    diff = (first - reference).abs().max().item()
+    assert diff == 0.0 if exact else 0.0 < diff < 1.0, diff
+
+
+def test_faster_cache_on_cogvideox_batches_uncond_first():
+    from test_cogvideox import TINY
+
+    from anisora.backbones.cogvideox import CogVideoXSpec, build_random_cogvideox
+
+    spec = SamplerSpec(name="cogvideox_dpm", num_steps=4, guidance_scale=6.0)
+    g, m = torch.zeros(1, 3, 9, 32, 32), torch.zeros(1, 9, 32, 32)
+    m[:, 0] = 1
+    plain = generate_pixels(build_random_cogvideox(CogVideoXSpec(**TINY)), PROMPT, g, m, [2], spec)
+    cached = build_random_cogvideox(CogVideoXSpec(**TINY))
+    assert apply_speedups(cached, SpeedupSpec(cache="faster"), CPU) == ["cache=faster"]
+    assert cached.cfg_uncond_first
+    out = generate_pixels(cached, PROMPT, g, m, [2], spec)
+    assert out.shape == plain.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("options", "key"), [
+    ({"fp8": True}, "speedup.fp8"),
+    ({"lowvram": True}, "speedup.lowvram"),
+    ({"cache": "mag"}, "speedup.mag_ratios"),
+    ({"compile": True, "compile_backend": "nope"}, "speedup.compile_backend"),
+])
+def test_what_cannot_run_here_fails_in_one_line_or_is_skipped_when_best_effort(reference, options, key):
+    with pytest.raises(ConfigError) as err:
+        check_speedups(SpeedupSpec(**options), CPU)
+    assert str(err.value).startswith(f"{key}: ") and "\n" not in str(err.value)
+    backbone = tiny()
+    assert apply_speedups(backbone, SpeedupSpec(**options, best_effort=True), CPU) == []
+    assert torch.equal(generate_pixels(backbone, PROMPT, *guide(), [1], SPEC), reference)
+
+
+@pytest.mark.parametrize(("choice", "expected"), [
+    ("speedup=[compile,cache]", {"compile": True, "cache": "first_block", "fp8": False}),
+    ("speedup=fast", {"compile": True, "cache": "first_block", "fp8": True}),
+    ("speedup=[lossless,taylorseer]", {"compile": True, "cache": "taylorseer", "fp8": False}),
+    ("speedup=[fastercache,lowvram]", {"cache": "faster", "lowvram": True}),
+])
+def test_speedup_options_compose_on_the_command_line(choice, expected):
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        for task in ("infer", "evaluate"):
+            cfg = compose(config_name=task, overrides=[choice])
+            spec = SpeedupSpec.from_config(cfg.speedup)
+            assert {k: getattr(spec, k) for k in expected} == expected
+
+
+def test_first_block_cache_refuses_a_one_block_model():
+    one = build_tiny_backbone(TinyBackboneSpec(num_layers=1, num_attention_heads=2, attention_head_dim=8,
+                                               ffn_dim=16, text_dim=16, text_layers=1, text_heads=2))
+    with pytest.raises(ConfigError, match="^speedup.cache: first_block needs a model with at least 2"):
+        apply_speedups(one, SpeedupSpec(cache="first_block"), CPU)
