@@ -1,0 +1,1 @@
+"""`anisora-data curate`: shot splitting, clip scores, filters, the manifest and its report."""
