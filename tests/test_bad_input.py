@@ -17,6 +17,8 @@ from conftest import TINY, list_files, run_entry
         ("train.py", ["sampler.name=ddim"],
          "error: sampler.name: expected one of euler, unipc, cogvideox_dpm, cogvideox_ddim; got 'ddim'"),
         ("train.py", ["optimizer.lr=-1"], "error: optimizer.lr: must be >= 0.0; got -1.0"),
+        ("train.py", ["model.objective.timestep_sampling=bad"],
+         "error: model.objective.timestep_sampling: expected one of uniform, logit_normal; got 'bad'"),
         ("train.py", ["data.num_frames=8"], "error: data.num_frames: must be 4n+1 (e.g. 5, 17), got 8"),
         ("train.py", ["data.height=15"], "error: data.height: must be a positive multiple of 2"),
         ("train.py", ["ckpt_path=/no/such/run.ckpt"], "error: ckpt_path: checkpoint /no/such/run.ckpt does not exist"),

@@ -82,6 +82,11 @@ class BackboneAdapter(nn.Module, ABC):
         """Modules whose parameters the method optimises."""
         return [self.denoiser]
 
+    def encoding_modules(self) -> list[nn.Module]:
+        """Everything encode_video / encode_prompt / condition / encode_image use, i.e. all but the denoiser:
+        latent encoding moves only these to the device."""
+        return [m for m in self.children() if m is not self.denoiser]
+
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """(C, T, h, w) of a clip; raises a one-line ConfigError when the clip does not fit the grid."""
         self.check_clip_shape(num_frames, height, width)

@@ -176,9 +176,11 @@ class CogVideoXModelConfig:
 
 @dataclass
 class DataConfig:
-    """Training clips. `synthetic` renders the tiny anime world on the fly (anisora.data.synthetic)."""
+    """Training clips. `synthetic` renders the tiny anime world on the fly (anisora.data.synthetic);
+    `shards` reads latents precomputed by `anisora-data encode` (anisora.data.shard_stream). The clip size
+    and world fields also size the validation clips and tell infer.py/evaluate.py what the model makes."""
 
-    kind: str = choice("synthetic")
+    kind: str = choice("synthetic", "shards")
     num_frames: int = 5
     height: int = 16
     width: int = 16
@@ -188,6 +190,10 @@ class DataConfig:
     batch_size: int = bounded(4, 1)
     num_workers: int = bounded(0, 0)
     val_clips: int = bounded(4, 1)
+    urls: Any = None  # shards: path(s) or brace pattern(s), e.g. '/data/shards/{000000..000009}.tar'
+    shuffle_buffer: int = bounded(256, 0)  # shards: samples held for the seeded shuffle (0 = file order)
+    shuffle_shards: bool = True  # shards: a new seeded shard order every pass over the data
+    max_corrupt: int = bounded(16, 0)  # shards: unreadable samples skipped (and logged) per data worker before failing
 
 
 @dataclass
@@ -328,6 +334,30 @@ class InferTaskConfig:
     accelerator: AcceleratorConfig = MISSING
     speedup: SpeedupConfig = field(default_factory=SpeedupConfig)
     out: OutputConfig = field(default_factory=OutputConfig)
+    paths: PathsConfig = MISSING
+
+
+@dataclass
+class EncodeTaskConfig:
+    """anisora-data encode: kept manifest clips -> webdataset shards of latents and conditioning."""
+
+    task_name: str = "encode"
+    seed: int = 0  # seeds stochastic encoders (per clip, with the clip id)
+    manifest: Optional[str] = None  # manifest.jsonl written by anisora-data curate
+    out: Optional[str] = None  # folder for the shards, null_text.pth, guide_none.pth and dataset.json
+    num_frames: int = bounded(81, 1)  # the model's clip: frames, frame rate and size (resize + centre crop)
+    fps: Optional[float] = bounded(None, 0.001)  # None keeps the source's consecutive frames
+    height: int = bounded(480, 1)
+    width: int = bounded(832, 1)
+    guides: list[str] = field(default_factory=lambda: ["i2v", "flf2v"])  # precomputed guide modes (+ no guide)
+    dtype: str = choice("auto", "float32", "bfloat16", "float16")  # stored tensors; auto: bf16 on GPU, fp32 on CPU
+    shard_max_samples: int = bounded(1000, 1)
+    shard_max_bytes: int = bounded(2**30, 1)
+    rank: Optional[int] = bounded(None, 0)  # None: $RANK, else 0; shard k is encoded by rank k % world_size
+    world_size: Optional[int] = bounded(None, 1)  # None: $WORLD_SIZE, else 1
+    progress: bool = True
+    model: Any = MISSING
+    accelerator: AcceleratorConfig = MISSING
     paths: PathsConfig = MISSING
 
 

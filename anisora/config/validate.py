@@ -19,10 +19,12 @@ def check_node(node: DictConfig, prefix: str) -> None:
         key = f"{prefix}.{f.name}" if prefix else f.name
         if f.name not in node:
             continue
-        value = node._get_node(f.name)._value()  # raw value: interpolations are checked after resolving
-        if isinstance(value, DictConfig):
-            check_node(value, key)
+        child = node._get_node(f.name)
+        if isinstance(child, DictConfig):  # a nested section: its own schema's limits apply
+            check_node(child, key)
             continue
+        if OmegaConf.is_interpolation(node, f.name):
+            continue  # checked where check_config runs, after resolving (it may need Hydra's runtime)
         value = node[f.name]
         choices = f.metadata.get("choices")
         if choices and value not in choices:

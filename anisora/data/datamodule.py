@@ -1,8 +1,9 @@
-"""Lightning data for the synthetic world: an endless, index-addressed stream of fresh clips.
+"""Lightning data: the synthetic world's endless, index-addressed stream of fresh clips, or encoded shards.
 
-Clip i of the stream is a pure function of (seed, i), and each clip carries its own sample seed,
-so a run resumed from a checkpoint sees exactly the clips, noise and guide draws it would have
-seen without the interruption.
+Clip i of the synthetic stream is a pure function of (seed, i), and each clip carries its own sample
+seed, so a run resumed from a checkpoint sees exactly the clips, noise and guide draws it would have
+seen without the interruption. The shard stream (anisora.data.shard_stream) is deterministic in the
+same way and resumes by replaying the batches a checkpoint says were consumed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from anisora.config.errors import ConfigError
+from anisora.data.shard_stream import ERROR_KEY, ShardStream, check_slots
 from anisora.data.synthetic import SyntheticClip, WorldConfig, make_clip
 
 
@@ -89,3 +92,50 @@ class SyntheticDataModule(pl.LightningDataModule):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.samples_seen = int(state.get("samples_seen", 0))
+
+
+class ShardDataModule(SyntheticDataModule):
+    """Training batches from `anisora-data encode` shards; validation clips from the synthetic world at the
+    configured clip size (a fixed probe of what the model generates)."""
+
+    def __init__(self, shards: list[str], world: WorldConfig, seed: int, batch_size: int, num_workers: int = 0,
+                 val_clips: int = 4, accumulate_grad_batches: int = 1, shuffle_buffer: int = 0,
+                 shuffle_shards: bool = True, max_corrupt: int = 0) -> None:
+        super().__init__(world, seed, batch_size, num_workers, val_clips, accumulate_grad_batches)
+        self.shards, self.shuffle_buffer, self.shuffle_shards = shards, shuffle_buffer, shuffle_shards
+        self.max_corrupt = max_corrupt
+        self.batches_seen = 0
+        self.corrupt_seen: dict[int, int] = {}
+
+    def stream(self, start_batch: int = 0, epochs: int | None = None) -> ShardStream:
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        check_slots(len(self.shards), world, self.num_workers)
+        return ShardStream(self.shards, self.batch_size, self.seed, rank, world, self.shuffle_buffer,
+                           self.shuffle_shards, self.max_corrupt, start_batch, epochs)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.stream(self.batches_seen), batch_size=None, num_workers=self.num_workers,
+                          persistent_workers=False)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Data errors found in a worker stop training here, in the main process, as one line."""
+        if isinstance(batch, dict) and ERROR_KEY in batch:
+            message = batch[ERROR_KEY]
+            key, _, text = message.partition(": ")
+            raise ConfigError(key, text)
+        if isinstance(batch, dict) and "corrupt" in batch:
+            self.corrupt_seen[int(batch["worker"])] = int(batch["corrupt"])
+        return batch
+
+    @property
+    def corrupt_skipped(self) -> int:
+        return sum(self.corrupt_seen.values())
+
+    def state_dict(self) -> dict[str, Any]:
+        """The data position: every optimizer step consumed `accumulate` batches of this rank's stream."""
+        steps = self.trainer.global_step if self.trainer is not None else 0
+        batches = steps * self.accumulate
+        return {"batches_seen": batches, "samples_seen": batches * self.batch_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.batches_seen = int(state.get("batches_seen", 0))

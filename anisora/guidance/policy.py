@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,3 +40,11 @@ class TrainGuidePolicy:
             w, h = 0.3 + 0.6 * w, 0.3 + 0.6 * h
             region = (x * (1 - w), y * (1 - h), x * (1 - w) + w, y * (1 - h) + h)
         return GuideDraw(frames=tuple(sorted(set(frames))), drop_text=u[3] < self.p_drop_text, region=region)
+
+    def draw_stored(self, modes: Sequence[str], generator: torch.Generator) -> tuple[str | None, bool]:
+        """For precomputed conditioning (shards): no guide (None) with p_drop_guides or when nothing is stored,
+        else one of the stored guide modes, uniformly; the caption is dropped with p_drop_text."""
+        u = torch.rand(2, generator=generator).tolist()
+        pick = int(torch.randint(0, max(len(modes), 1), (1,), generator=generator))
+        mode = None if u[0] < self.p_drop_guides or not modes else modes[pick]
+        return mode, u[1] < self.p_drop_text

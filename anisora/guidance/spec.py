@@ -20,6 +20,9 @@ from anisora.config.errors import ConfigError
 MID = "mid"  # the middle frame, (F - 1) // 2, where AniSora V1 puts its middle keyframe
 GREY_LIMIT = 0.05  # a mask with more grey pixels than this fraction is not a black/white mask
 MODES_NEEDING_FRAMES = ("keyframes",)
+#: guide modes precomputed per clip by `anisora-data encode`: the frames each keeps (as conf/guide/<mode>.yaml)
+STORED_MODE_FRAMES: dict[str, tuple[int | str, ...]] = {"i2v": (0,), "last": (-1,), "flf2v": (0, -1),
+                                                         "mid": (0, MID, -1)}
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,19 @@ def guide_spec(guide: Mapping[str, Any], num_frames: int) -> GuideSpec:
             raise ConfigError(key.split(".at")[0].replace("indices", "frames"), f"guide image {image} does not exist")
     return GuideSpec(tuple(indices), tuple(images), guide.get("mask") or None, guide.get("mask_video") or None,
                      guide.get("video") or None)
+
+
+def stored_mode_indices(mode: str, num_frames: int) -> list[int]:
+    """Pixel frames a stored guide mode keeps, in a clip of `num_frames` frames."""
+    return sorted({resolve_index(i, num_frames, f"guides.{mode}") for i in STORED_MODE_FRAMES[mode]})
+
+
+def stored_mode_slots(mode: str | None, temporal_factor: int, latent_frames: int) -> list[int]:
+    """Latent frames that hold a stored mode's guide frames (none for no guide)."""
+    if mode is None:
+        return []
+    num_frames = (latent_frames - 1) * temporal_factor + 1
+    return sorted({latent_slot(f, temporal_factor) for f in stored_mode_indices(mode, num_frames)})
 
 
 def latent_slot(index: int, temporal_factor: int) -> int:

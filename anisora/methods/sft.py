@@ -2,6 +2,8 @@
 
 Every random draw of a training sample (guide frames, caption dropout, noise level, noise) comes
 from a generator seeded by that sample's own seed, so a resumed run repeats an uninterrupted one.
+Batches from shards carry latents and precomputed conditioning instead of pixels: then the draw picks
+one of the stored guide modes and no encoder runs (unless the model trains its text encoder).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from anisora.backbones import build_backbone
+from anisora.backbones import Conditioning, build_backbone
 from anisora.diffusion.flow_matching import (
     combine_weights,
     guide_loss_weight,
@@ -28,6 +30,9 @@ from anisora.diffusion.sampling import SamplerSpec
 from anisora.guidance.fold import latent_slot_mask
 from anisora.guidance.pair import pair_from_video
 from anisora.guidance.policy import TrainGuidePolicy
+from anisora.guidance.spec import stored_mode_slots
+
+NO_GUIDE = "none"  # the stored no-guide conditioning of a cached batch (anisora.data.shard_format)
 
 
 class SFTMethod(pl.LightningModule):
@@ -56,6 +61,8 @@ class SFTMethod(pl.LightningModule):
     # ----------------------------------------------------------------- training
     def training_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Per-sample draws -> model inputs and targets."""
+        if "latents" in batch:
+            return self.cached_training_batch(batch)
         video = batch["video"]
         frames = video.shape[2]
         captions, guides, masks, noises, sigmas = [], [], [], [], []
@@ -77,6 +84,42 @@ class SFTMethod(pl.LightningModule):
         slots = latent_slot_mask(mask, self.backbone.temporal_factor, x0.shape[-2], x0.shape[-1]).to(x0.dtype)
         weight = combine_weights(motion_loss_weight(x0, self.motion_weight, self.backbone.residual_latents),
                                  guide_loss_weight(slots, self.guide_weight))
+        return {"noisy": noisy, "target": target, "timestep": timesteps_from_sigmas(sigma), "cond": cond,
+                "captions": captions, "weight": weight}
+
+    def cached_training_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The same draws on a shard batch: latents as they are, a stored guide mode per sample (or none),
+        the stored empty-prompt embedding when the caption is dropped."""
+        dtype = next(self.backbone.denoiser.parameters()).dtype  # stored bf16 meets fp32 weights under mixed precision
+        x0 = batch["latents"].to(dtype)
+        modes = [m for m in batch["guides"] if m != NO_GUIDE]
+        images = batch.get("images") or {}
+        texts = batch.get("text")
+        captions, guides, image_rows, text_rows, noises, sigmas, slots = [], [], [], [], [], [], []
+        for i, seed in enumerate(batch["seed"]):
+            gen = torch.Generator("cpu").manual_seed(int(seed))
+            mode, drop_text = self.policy.draw_stored(modes, gen)
+            key = mode or NO_GUIDE
+            guides.append(batch["guides"][key][i])
+            if images:
+                image_rows.append(images[key][i])
+            if texts is not None:
+                text_rows.append(batch["null_text"][i] if drop_text else texts[i])
+            captions.append("" if drop_text else batch["caption"][i])
+            slots.append(stored_mode_slots(mode, self.backbone.temporal_factor, x0.shape[2]))
+            sigmas.append(sample_sigmas(1, self.shift, gen, self.timestep_sampling))
+            noises.append(torch.randn(x0.shape[1:], generator=gen))
+        sigma = torch.cat(sigmas).to(self.device)
+        noise = torch.stack(noises).to(self.device, x0.dtype)
+        text = torch.stack(text_rows).to(dtype) if text_rows else self.backbone.encode_prompt(captions)
+        image = torch.stack(image_rows).to(dtype) if image_rows else None
+        cond = Conditioning(text=text, guide=torch.stack(guides).to(dtype), image=image)
+        noisy, target = noisy_sample(x0, noise, sigma)
+        slot_mask = torch.zeros(x0.shape[0], 1, *x0.shape[2:], device=x0.device, dtype=x0.dtype)
+        for i, taken in enumerate(slots):
+            slot_mask[i, :, taken] = 1.0
+        weight = combine_weights(motion_loss_weight(x0, self.motion_weight, self.backbone.residual_latents),
+                                 guide_loss_weight(slot_mask, self.guide_weight))
         return {"noisy": noisy, "target": target, "timestep": timesteps_from_sigmas(sigma), "cond": cond,
                 "captions": captions, "weight": weight}
 

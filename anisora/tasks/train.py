@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -18,7 +19,10 @@ from anisora.accelerators.devices import (
 )
 from anisora.backbones import latent_grid
 from anisora.backbones.base import check_clip_shape
-from anisora.data.datamodule import SyntheticDataModule
+from anisora.config.errors import ConfigError
+from anisora.data.datamodule import ShardDataModule, SyntheticDataModule
+from anisora.data.shard_format import expand_urls
+from anisora.data.shard_stream import check_shard_folders, check_slots
 from anisora.data.synthetic import WorldConfig
 from anisora.methods.sft import SFTMethod
 from anisora.tasks.common import environment_defaults, find_checkpoint, run_task, write_run_record
@@ -35,6 +39,34 @@ def world_of(data: DictConfig) -> WorldConfig:
 def check_data(cfg: DictConfig) -> None:
     temporal, spatial, patch = latent_grid(OmegaConf.to_container(cfg.model))
     check_clip_shape(cfg.data.num_frames, cfg.data.height, cfg.data.width, temporal, spatial, patch, "data")
+
+
+def build_datamodule(cfg: DictConfig) -> SyntheticDataModule:
+    """The configured data; shard paths are checked here, before any model is built."""
+    data, accumulate = cfg.data, cfg.trainer.accumulate_grad_batches
+    if data.kind == "synthetic":
+        return SyntheticDataModule(world_of(data), data.seed, data.batch_size, data.num_workers, data.val_clips,
+                                   accumulate)
+    shards = expand_urls(OmegaConf.to_container(data, resolve=True)["urls"])
+    check_shard_folders(shards)
+    check_slots(len(shards), 1, data.num_workers)  # again with the real world size once the trainer runs
+    return ShardDataModule(shards, world_of(data), data.seed, data.batch_size, data.num_workers, data.val_clips,
+                           accumulate, data.shuffle_buffer, data.shuffle_shards, data.max_corrupt)
+
+
+def check_shards_fit(datamodule: SyntheticDataModule, method: SFTMethod) -> None:
+    """Shards encoded by another model family or latent layout fail here in one line, not inside the DiT."""
+    if not isinstance(datamodule, ShardDataModule):
+        return
+    info_path = Path(datamodule.shards[0]).parent / "dataset.json"
+    if not info_path.is_file():
+        return
+    info = json.loads(info_path.read_text())
+    channels = int(info["latent_shape"][0])
+    if channels != method.backbone.latent_channels:
+        raise ConfigError("data.urls", f"shards in {info_path.parent} hold {channels}-channel latents (model "
+                          f"{info.get('model', {}).get('kind', '?')}); this model uses "
+                          f"{method.backbone.latent_channels}: encode them with this model")
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
@@ -71,6 +103,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     check_data(cfg)
     resume = find_checkpoint(cfg.ckpt_path, Path(cfg.paths.log_dir), "ckpt_path")
+    datamodule = build_datamodule(cfg)  # checks shard paths before anything is written or built
     environment_defaults()
     acc = cfg.accelerator
     device_kwargs = trainer_device_kwargs(acc.name, acc.devices, acc.strategy, acc.precision)  # fails fast
@@ -79,13 +112,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     set_num_threads(cfg.accelerator.num_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule = SyntheticDataModule(world_of(cfg.data), cfg.data.seed, cfg.data.batch_size, cfg.data.num_workers,
-                                     cfg.data.val_clips, cfg.trainer.accumulate_grad_batches)
     container = OmegaConf.to_container(cfg, resolve=True)
     method = SFTMethod(model=container["model"], guide=container["guide"], optimizer=container["optimizer"],
                        sampler=container["sampler"], max_steps=cfg.trainer.max_steps,
                        data=container["data"])
     method.log_videos = cfg.logger.log_videos and cfg.callbacks.sample_videos
+    check_shards_fit(datamodule, method)
     set_attention_backend(method.backbone.denoiser, cfg.accelerator.attention_backend)
     params = sum(p.numel() for p in method.backbone.denoiser.parameters())
     log.info("denoiser parameters: %s; run folder: %s", f"{params:,}", run_dir)

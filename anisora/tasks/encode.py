@@ -1,0 +1,102 @@
+"""anisora-data encode: a manifest's kept clips -> webdataset shards, with one backbone's encoders.
+
+    anisora-data encode manifest=/data/curated/manifest.jsonl model=wan14b out=/data/shards
+    RANK=1 WORLD_SIZE=8 anisora-data encode ...        # one process per GPU; shard k goes to rank k % 8
+
+Everything that can be checked (manifest, output folder, clip size, guide modes, rank) is checked before
+any model is built; a rerun skips the shards already complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from anisora.accelerators.devices import inference_dtype, local_device, set_num_threads
+from anisora.backbones import BackboneAdapter, build_backbone, latent_grid, load_pretrained
+from anisora.backbones.base import check_clip_shape
+from anisora.config.errors import ConfigError
+from anisora.data.clip_source import ClipFormat
+from anisora.data.encode import EncodeSettings, check_guides, encode_shards
+from anisora.data.manifest import read_manifest
+from anisora.tasks.common import environment_defaults, run_task, write_run_record
+
+log = logging.getLogger("anisora.encode")
+GROUPS = ["model", "accelerator", "paths"]
+STORED_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def rank_and_world(cfg: DictConfig) -> tuple[int, int]:
+    """From the config, else the launcher's RANK / WORLD_SIZE, else a single process."""
+    def env_int(name: str, default: int) -> int:
+        value = os.environ.get(name, "")
+        try:
+            return int(value) if value else default
+        except ValueError:
+            raise ConfigError(name.lower(), f"${name}={value!r} is not an integer") from None
+
+    world = cfg.world_size if cfg.world_size is not None else env_int("WORLD_SIZE", 1)
+    rank = cfg.rank if cfg.rank is not None else env_int("RANK", 0)
+    if not 0 <= rank < world:
+        raise ConfigError("rank", f"must be in 0..{world - 1} for world_size {world}; got {rank}")
+    return rank, world
+
+
+def stored_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    return STORED_DTYPES[name]
+
+
+def build_encoders(model: dict[str, Any], device: torch.device, dtype: torch.dtype) -> BackboneAdapter:
+    """The backbone with everything but the denoiser on `device` (the DiT is never needed here)."""
+    backbone = load_pretrained(model, model["ckpt"], dtype) if model.get("ckpt") else build_backbone(model)
+    for module in backbone.encoding_modules():
+        module.to(device)
+    return backbone.eval()
+
+
+def encode(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    if not cfg.manifest:
+        raise ConfigError("manifest", "give the manifest to encode: manifest=/data/curated/manifest.jsonl")
+    if not cfg.out:
+        raise ConfigError("out", "give the output folder for the shards: out=/data/shards")
+    records = list(read_manifest(cfg.manifest, kept_only=True))
+    if not records:
+        raise ConfigError("manifest", f"{cfg.manifest} has no kept clips")
+    out = Path(cfg.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError("out", f"{out} exists and is not a folder")
+    guides = check_guides(list(cfg.guides))
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    try:
+        check_clip_shape(cfg.num_frames, cfg.height, cfg.width, *latent_grid(model), prefix="encode")
+    except ConfigError as ex:  # the clip keys are top-level here
+        key = ex.key.removeprefix("encode.")
+        raise ConfigError(key, str(ex).removeprefix(f"{ex.key}: ")) from None
+    rank, world = rank_and_world(cfg)
+    device = local_device(cfg.accelerator.name, int(os.environ.get("LOCAL_RANK", rank)))
+    settings = EncodeSettings(
+        fmt=ClipFormat(cfg.num_frames, cfg.height, cfg.width, cfg.fps), guides=guides,
+        dtype=stored_dtype(cfg.dtype, device), max_samples=cfg.shard_max_samples, max_bytes=cfg.shard_max_bytes,
+        seed=cfg.seed)
+
+    environment_defaults()
+    write_run_record(cfg, run_dir)
+    set_num_threads(cfg.accelerator.num_threads)
+    backbone = build_encoders(model, device, inference_dtype(device, cfg.accelerator.precision))
+    info = encode_shards(backbone, records, out, settings, rank, world, model_config=model,
+                         show_progress=cfg.progress)
+    log.info("%s: %d of %d shards complete, %d samples, %d clips skipped", out, info["shards_complete"],
+             info["num_shards"], info["samples"], info["skipped_clips"])
+    return info
+
+
+def run(cfg: DictConfig) -> None:
+    """Entry point of `anisora-data encode`."""
+    run_task(cfg, GROUPS, encode)
