@@ -9,10 +9,17 @@ from omegaconf import OmegaConf
 from anisora.config.validate import check_node
 
 
-@pytest.mark.parametrize("name", ["train", "infer", "evaluate"])
+@pytest.mark.parametrize("name", ["train", "infer", "evaluate", "encode", "curate"])
 def test_primary_configs_compose_and_validate(name):
     cfg = compose(name, [])
     assert cfg.task_name == name
+    check_node(cfg, "")
+
+
+@pytest.mark.parametrize("name", ["train", "infer", "evaluate", "encode"])
+@pytest.mark.parametrize("model", sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")))
+def test_every_model_composes_with_every_task(name, model):
+    cfg = compose(name, [f"model={model}"])
     check_node(cfg, "")
 
 
@@ -23,7 +30,8 @@ def test_every_experiment_composes(experiment):
 
 
 @pytest.mark.parametrize("override", ["guide=i2v", "guide=flf2v", "sampler=unipc", "accelerator=cpu",
-                                      "accelerator=gpu", "logger=csv", "logger=none", "debug=fast"])
+                                      "accelerator=gpu", "accelerator=npu", "logger=csv", "logger=none", "debug=fast",
+                                      "data=shards"])
 def test_group_options_compose(override):
     cfg = compose("train", [override])
     check_node(cfg, "")

@@ -356,6 +356,7 @@ class EncodeTaskConfig:
     rank: Optional[int] = bounded(None, 0)  # None: $RANK, else 0; shard k is encoded by rank k % world_size
     world_size: Optional[int] = bounded(None, 1)  # None: $WORLD_SIZE, else 1
     progress: bool = True
+    sampler: Any = None  # model configs pick their sampler; encoding does not sample
     model: Any = MISSING
     accelerator: AcceleratorConfig = MISSING
     paths: PathsConfig = MISSING
