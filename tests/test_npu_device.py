@@ -267,3 +267,36 @@ def test_npu_run_resumed_with_ckpt_path_last_matches_the_cpu_run(runs):
     for key, value in reference["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
     assert saved_on_npu(runs["resumed"] / "checkpoints" / "step000004.ckpt")
+
+
+def test_shard_training_on_the_npu_parks_frozen_encoders_on_the_cpu(npu_env, tmp_path):
+    """data=shards: the DiT trains on the device while the frozen text encoder waits on the CPU; validation
+    borrows it (samples are written) and the checkpoint records each part where it lived."""
+    from test_shards import MODEL, WORLD
+
+    from anisora.data.synthetic_export import export_world
+
+    manifest = export_world(tmp_path / "src", WORLD, seed=0, count=8, clips_per_file=8)
+    enc = subprocess.run([sys.executable, "-m", "anisora.tasks.data_cli", "encode", f"manifest={manifest}",
+                          f"out={tmp_path / 'shards'}", "accelerator=cpu", "progress=false", "shard_max_samples=4",
+                          f"hydra.run.dir={tmp_path / 'enc'}", *MODEL], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert enc.returncode == 0, enc.stderr[-3000:]
+    run_dir = tmp_path / "train"
+    args = [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={tmp_path}", f"hydra.run.dir={run_dir}",
+            *NPU_TINY, *ON_NPU, *[o for o in RUN if "sample_videos" not in o], "data=shards",
+            f"data.urls='{tmp_path / 'shards'}/{{000000..000001}}.tar'", "trainer.max_steps=2",
+            "trainer.val_every_n_steps=2", "data.shuffle_buffer=4"]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=npu_env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert list((run_dir / "samples").glob("step000002_val*.mp4"))  # validation sampled with the encoders
+    placed = on_npu(f"""
+        import json, torch
+        import openreg_npu
+        state = torch.load({str(run_dir / "checkpoints" / "step000002.ckpt")!r}, weights_only=False)["state_dict"]
+        print(json.dumps({{k: str(v.device) for k, v in state.items()}}))
+    """, npu_env)
+    encoder = {k: v for k, v in placed.items() if k.startswith("backbone.prompt_encoder.")}
+    denoiser = {k: v for k, v in placed.items() if k.startswith("backbone.denoiser.")}
+    assert encoder and set(encoder.values()) == {"cpu"}
+    assert denoiser and set(denoiser.values()) == {"npu:0"}

@@ -194,6 +194,7 @@ class DataConfig:
     shuffle_buffer: int = bounded(256, 0)  # shards: samples held for the seeded shuffle (0 = file order)
     shuffle_shards: bool = True  # shards: a new seeded shard order every pass over the data
     max_corrupt: int = bounded(16, 0)  # shards: unreadable samples skipped (and logged) per data worker before failing
+    encoders_on_device: bool = False  # shards: keep the frozen encoders on the device while training
 
 
 @dataclass

@@ -57,6 +57,9 @@ class SFTMethod(pl.LightningModule):
         self.ema_decay = float(optimizer.get("ema_decay", 0.0))
         self.ema = copy.deepcopy(self.backbone.denoiser).requires_grad_(False) if self.ema_decay > 0 else None
         self.log_videos = True  # validation videos go to W&B when a W&B logger is attached
+        data = data or {}
+        # training on precomputed shards needs no encoder: the frozen ones wait on the CPU (validation borrows them)
+        self.park_encoders = data.get("kind") == "shards" and not data.get("encoders_on_device", False)
 
     # ----------------------------------------------------------------- training
     def training_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -158,6 +161,36 @@ class SFTMethod(pl.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ----------------------------------------------------------------- encoder placement
+    def frozen_encoders(self) -> list[torch.nn.Module]:
+        """Encoding modules with no trainable parameter (VAE, frozen text and image encoders)."""
+        return [m for m in self.backbone.encoding_modules()
+                if not any(p.requires_grad for p in m.parameters()) and any(True for _ in m.parameters())]
+
+    def on_fit_start(self) -> None:
+        """With shards, move the frozen encoders off the device once Lightning has placed the model. Sharded
+        strategies (FSDP, DeepSpeed) own every parameter's placement, so there they stay."""
+        strategy = type(self.trainer.strategy).__name__ if self._trainer is not None else ""
+        if self.park_encoders and not any(name in strategy for name in ("FSDP", "DeepSpeed")):
+            for module in self.frozen_encoders():
+                module.to("cpu")
+            if self.device.type != "cpu":
+                from anisora.accelerators.devices import empty_cache
+
+                empty_cache()
+
+    @contextlib.contextmanager
+    def encoders_on_device(self):
+        """Frozen encoders on the training device inside the block (validation sampling), parked again after."""
+        moved = [m for m in self.frozen_encoders() if next(m.parameters()).device != self.device]
+        for module in moved:
+            module.to(self.device)
+        try:
+            yield
+        finally:
+            for module in moved:
+                module.to("cpu")
 
     # ----------------------------------------------------------------- sampling
     @contextlib.contextmanager
