@@ -120,6 +120,27 @@ def test_infer_with_composed_speedups_and_refusal_of_one_this_device_cannot_run(
         assert list_files(trained["log_dir"]) == before
 
 
+def test_infer_splits_one_video_over_two_processes_with_the_same_frames(trained, tmp_path):
+    common = ["accelerator=cpu", "num_clips=1", "sampler.num_steps=3", "out.frames=png", "out.contact_sheet=false"]
+    single = run_entry("infer.py", *common, log_dir=trained["log_dir"], run_dir=tmp_path / "single")
+    assert single.returncode == 0, single.stderr[-3000:]
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            str(ROOT / "infer.py"), f"paths.log_dir={trained['log_dir']}", f"hydra.run.dir={tmp_path / 'split'}",
+            *common, "speedup.context_parallel=2"]
+    split = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert split.returncode == 0, split.stderr[-3000:]
+    frames = sorted((tmp_path / "single" / "frames" / "clip00").glob("*.png"))
+    assert frames and [p.name for p in frames] == sorted(
+        p.name for p in (tmp_path / "split" / "frames" / "clip00").glob("*.png"))
+    for path in frames:
+        a = np.asarray(Image.open(path), np.int16)
+        b = np.asarray(Image.open(tmp_path / "split" / "frames" / "clip00" / path.name), np.int16)
+        assert np.abs(a - b).max() <= 1, path.name  # the same video, up to rounding at quantisation
+    out = run_entry("infer.py", *common, "speedup.context_parallel=2", log_dir=trained["log_dir"])
+    assert out.returncode == 2 and "error: speedup.context_parallel: 2 needs 2 processes: launch with torchrun" \
+        in out.stderr
+
+
 @pytest.mark.parametrize("guide", ["guide=last", "guide=mid", "guide=keyframes guide.indices=[0,2,-1]",
                                    "guide=region guide.mask=MASK", "guide=flf2v motion_score=3"])
 def test_every_guide_mode_runs_from_the_command_line(trained, tmp_path, guide):

@@ -244,6 +244,8 @@ class SpeedupConfig:
     fp8: bool = False
     lowvram: bool = False
     lowvram_blocks_per_group: int = bounded(1, 1)
+    context_parallel: int = bounded(1, 1)  # torchrun processes splitting one video (diffusers context parallel)
+    context_parallel_kind: str = choice("ulysses", "ring")
     best_effort: bool = False
 
 

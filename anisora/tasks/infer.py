@@ -14,10 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 from anisora.accelerators.devices import (
     check_attention_backend,
     inference_dtype,
+    local_device,
     resolve_device,
     set_attention_backend,
     set_num_threads,
 )
+from anisora.accelerators.distributed import close_process_group, init_process_group, require_world
 from anisora.backbones import latent_grid, load_pretrained
 from anisora.backbones.base import check_clip_shape
 from anisora.config.errors import ConfigError
@@ -144,9 +146,15 @@ def infer(cfg: DictConfig, run_dir: Path) -> list[Path]:
     device = resolve_device(cfg.accelerator.name)
     check_attention_backend(cfg.accelerator.attention_backend)
     speedups = SpeedupSpec.from_config(cfg.speedup)
+    main_process = True
+    if speedups.context_parallel > 1:  # one video over the processes of a torchrun launch; rank 0 writes
+        place = require_world(speedups.context_parallel, "speedup.context_parallel")
+        device, main_process = local_device(cfg.accelerator.name, place.local_rank), place.is_main
+        init_process_group(device)
     check_speedups(speedups, device)
     environment_defaults()
-    write_run_record(cfg, run_dir)
+    if main_process:
+        write_run_record(cfg, run_dir)
     set_num_threads(cfg.accelerator.num_threads)
 
     backbone = load_backbone(cfg, job, device, inference_dtype(device, cfg.accelerator.precision))
@@ -160,7 +168,10 @@ def infer(cfg: DictConfig, run_dir: Path) -> list[Path]:
     log.info("sampling %d clip(s) of %dx%dx%d from %s", len(requests), f, h, w, ckpt)
     offload = job.source == "folder" and bool(cfg.model.get("offload_encoders", False))
     out = generate(backbone, prompts, guide, mask, seeds, sampler_spec(cfg), cfg.negative_prompt,
-                   progress=True, offload_encoders=offload)
+                   progress=main_process, offload_encoders=offload)
+    close_process_group()
+    if not main_process:
+        return []
 
     written, fidelity = [], []
     scale = display_scale(h, w)

@@ -26,6 +26,8 @@ class SpeedupSpec:
     fp8: bool = False  # float8 dynamic-activation linear layers through torchao (Hopper and newer)
     lowvram: bool = False  # diffusers group offloading: blocks stream from CPU memory with CUDA streams
     lowvram_blocks_per_group: int = 1
+    context_parallel: int = 1  # processes (torchrun) that split one video's sequence; 1 = off
+    context_parallel_kind: str = "ulysses"  # ulysses (all-to-all over heads) | ring
     best_effort: bool = False  # skip (with a warning) what cannot apply here instead of failing
 
     @classmethod
@@ -75,7 +77,7 @@ def check_speedups(spec: SpeedupSpec, device: torch.device) -> list[str]:
 
 
 def apply_speedups(backbone: torch.nn.Module, spec: SpeedupSpec, device: torch.device) -> list[str]:
-    """Apply the speed-ups in a working order (quantise, then offload, then cache hooks, then compile);
+    """Apply the speed-ups in a working order (quantise, offload, split the sequence, cache hooks, compile);
     returns the names of those applied."""
     from anisora.inference.speedups import caches, compile, fp8, offload
 
@@ -88,6 +90,11 @@ def apply_speedups(backbone: torch.nn.Module, spec: SpeedupSpec, device: torch.d
     if spec.lowvram and "speedup.lowvram" not in skipped:
         offload.enable(backbone, device, spec.lowvram_blocks_per_group)
         applied.append("lowvram")
+    if spec.context_parallel > 1:
+        from anisora.inference.speedups import context_parallel
+
+        context_parallel.enable(denoiser, spec.context_parallel, spec.context_parallel_kind)
+        applied.append(f"context_parallel={spec.context_parallel}")
     if spec.cache != "none" and not {"speedup.cache", "speedup.mag_ratios"} & skipped:
         caches.enable(backbone, spec)
         applied.append(f"cache={spec.cache}")
