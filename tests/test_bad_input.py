@@ -10,7 +10,8 @@ from conftest import TINY, list_files, run_entry
     ("script", "overrides", "expected"),
     [
         ("train.py", ["trainer.max_stepz=3"], "error: trainer.max_stepz: unknown config key; allowed in 'trainer': "
-                                              "accumulate_grad_batches, deterministic"),
+                                              "accumulate_grad_batches, activation_checkpointing, checkpoint_fraction, "
+                                              "deterministic"),
         ("train.py", ["trainer.max_steps=abc"], "error: trainer.max_steps: Value 'abc' of type 'str' could not be"),
         ("train.py", ["model=wan99"],
          "error: model=wan99: no such option; available: cogvideox5b, tiny, wan1.3b, wan14b"),

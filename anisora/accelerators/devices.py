@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -49,16 +50,22 @@ def lightning_accelerator(name: str) -> str:
     return {"gpu": "cuda"}.get(name, name)
 
 
-def trainer_device_kwargs(name: str, devices: Any, strategy: str, precision: str) -> dict[str, Any]:
-    """`lightning.Trainer` keyword arguments for the accelerator group. NPUs get explicit accelerator,
-    strategy and precision objects (Lightning would fall back to CPU strategies and CUDA autocast); a
-    missing NPU stack or an unknown attention backend fails here with one line, before anything is written."""
+def trainer_device_kwargs(name: str, devices: Any, strategy: str | Mapping[str, Any], precision: str,
+                          block_types: set[type[torch.nn.Module]] | None = None) -> dict[str, Any]:
+    """`lightning.Trainer` keyword arguments for the accelerator and strategy groups. NPUs get explicit
+    accelerator, strategy and precision objects (Lightning would fall back to CPU strategies and CUDA autocast).
+    `block_types` are the denoiser's block classes (FSDP wraps each block); without them this call only checks:
+    a missing NPU stack or DeepSpeed, or a strategy the devices cannot run, fails here with one line."""
+    from anisora.accelerators.strategies import StrategySpec, build_strategy, check_strategy, strategy_options
+
+    spec = StrategySpec.of(strategy)
+    check_strategy(spec, name, devices, precision)
     if name == "npu":
         from anisora.accelerators.npu import trainer_kwargs
 
-        return trainer_kwargs(strategy, devices, precision)
-    return {"accelerator": lightning_accelerator(name), "devices": devices, "strategy": strategy,
-            "precision": precision, "plugins": []}
+        return trainer_kwargs(spec.name, devices, precision, strategy_options(spec, name, block_types))
+    return {"accelerator": lightning_accelerator(name), "devices": devices,
+            "strategy": build_strategy(spec, name, block_types), "precision": precision, "plugins": []}
 
 
 def check_attention_backend(name: str | None) -> None:

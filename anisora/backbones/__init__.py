@@ -13,7 +13,7 @@ from anisora.config.errors import ConfigError
 __all__ = ["BackboneAdapter", "Conditioning", "build_backbone", "backbone_kwargs", "latent_grid", "load_pretrained"]
 
 # Keys of a model config that describe training, not the network.
-NON_NETWORK_KEYS = ("kind", "objective", "native", "offload_encoders")
+NON_NETWORK_KEYS = ("kind", "objective", "native", "offload_encoders", "lora")
 
 
 def backbone_kwargs(model_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -21,8 +21,13 @@ def backbone_kwargs(model_cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_backbone(model_cfg: dict[str, Any]) -> BackboneAdapter:
-    """Instantiate the adapter named by the config's `_target_` (a plain dict, already validated)."""
-    return instantiate(backbone_kwargs(model_cfg), _convert_="all")
+    """Instantiate the adapter named by the config's `_target_` (a plain dict, already validated), with LoRA
+    adapters on its denoiser when `lora.rank` > 0."""
+    from anisora.backbones.lora import add_lora
+
+    backbone = instantiate(backbone_kwargs(model_cfg), _convert_="all")
+    add_lora(backbone.denoiser, model_cfg.get("lora"), int(model_cfg.get("init_seed", 0)))
+    return backbone
 
 
 def load_pretrained(model_cfg: dict[str, Any], folder: str, dtype: torch.dtype) -> BackboneAdapter:

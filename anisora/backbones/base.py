@@ -34,6 +34,10 @@ class Conditioning:
         )
 
 
+#: attribute names of a diffusers denoiser's repeated block list
+BLOCK_LISTS = ("blocks", "transformer_blocks")
+
+
 class BackboneAdapter(nn.Module, ABC):
     """One model family: latent codec, encoders, guidance layout, denoiser and objective."""
 
@@ -81,6 +85,15 @@ class BackboneAdapter(nn.Module, ABC):
     def trainable_modules(self) -> list[nn.Module]:
         """Modules whose parameters the method optimises."""
         return [self.denoiser]
+
+    def denoiser_blocks(self) -> nn.ModuleList:
+        """The denoiser's repeated transformer blocks (diffusers names them `blocks` or `transformer_blocks`): the
+        unit of FSDP wrapping and of activation checkpointing."""
+        for name in BLOCK_LISTS:
+            blocks = getattr(self.denoiser, name, None)
+            if isinstance(blocks, nn.ModuleList) and len(blocks):
+                return blocks
+        raise ConfigError("model", f"{type(self.denoiser).__name__} has no block list ({' or '.join(BLOCK_LISTS)})")
 
     def encoding_modules(self) -> list[nn.Module]:
         """Everything encode_video / encode_prompt / condition / encode_image use, i.e. all but the denoiser:

@@ -19,6 +19,10 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from anisora.config.errors import ConfigError
 
+#: keys that moved elsewhere, and where
+MOVED = {"accelerator.strategy": "strategies are a group now: strategy=single, ddp, fsdp, deepspeed_zero2, "
+                                 "deepspeed_zero3 or deepspeed_zero3_offload"}
+
 
 def _allowed_keys(config_dir: str, config_name: str, parent: str) -> list[str]:
     """Keys that exist under `parent` in the config composed without the user's overrides."""
@@ -51,7 +55,8 @@ def describe(ex: BaseException, config_dir: str, config_name: str) -> str | None
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         allowed = _allowed_keys(config_dir, config_name, parent)
         where = f"in '{parent}'" if parent else "at the top level"
-        return f"{key}: unknown config key; allowed {where}: {', '.join(allowed) or '(none)'}"
+        moved = f"; {MOVED[key]}" if key in MOVED else ""
+        return f"{key}: unknown config key; allowed {where}: {', '.join(allowed) or '(none)'}{moved}"
     if isinstance(cause, (ValidationError, OmegaConfBaseException)) and getattr(cause, "full_key", None):
         return f"{cause.full_key}: {str(cause).splitlines()[0]}"
     if isinstance(ex, MissingConfigException):

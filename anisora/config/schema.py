@@ -36,9 +36,39 @@ class AcceleratorConfig:
     name: str = choice("auto", "cpu", "gpu", "npu")
     devices: Any = 1
     precision: str = choice("32-true", "bf16-mixed", "bf16-true", "16-mixed")
-    strategy: str = "auto"
     attention_backend: Optional[str] = None  # diffusers attention backend name; None keeps the default
     num_threads: Optional[int] = bounded(None, 1)  # CPU intra-op threads; None keeps torch's default
+
+
+@dataclass
+class StrategyConfig:
+    """How training spreads over `accelerator.devices` (anisora.accelerators.strategies); the same options
+    compose with every accelerator (gloo on the CPU, NCCL on GPUs, HCCL on NPUs)."""
+
+    name: str = choice("single", "ddp", "fsdp", "deepspeed")
+    process_group_backend: Optional[str] = None  # None: the accelerator's (gloo, nccl, hccl)
+    find_unused_parameters: bool = False  # ddp
+    sharding_strategy: str = choice("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD")  # fsdp
+    state_dict_type: str = choice("full", "sharded")  # fsdp checkpoints: one file, or a folder of shards per rank
+    cpu_offload: bool = False  # fsdp: parameters wait on the CPU between uses
+    stage: int = bounded(2, 2, 3)  # deepspeed ZeRO stage: 2 shards optimizer state and gradients, 3 also weights
+    offload_optimizer: bool = False  # deepspeed: optimizer state (and step) on the CPU
+    offload_parameters: bool = False  # deepspeed stage 3: weights on the CPU between uses
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters (peft) on the denoiser; rank 0 (or model.lora=null) trains every denoiser weight."""
+
+    rank: int = bounded(0, 0)
+    alpha: float = bounded(16.0, 0.0)  # scale = alpha / rank; must be > 0 when rank > 0
+    dropout: float = bounded(0.0, 0.0, 1.0)
+    targets: list[str] = field(default_factory=lambda: list(WAN_LORA_TARGETS))  # module name suffixes
+
+
+#: attention and FFN projections of diffusers' WanTransformerBlock and CogVideoXBlock
+WAN_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
+COGVIDEOX_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
 
 
 @dataclass
@@ -70,6 +100,7 @@ class TinyModelConfig:
     max_sequence_length: int = bounded(32, 4)
     train_text_encoder: bool = False  # the tiny UMT5 is random; training it with the DiT sharpens text control
     init_seed: int = 0
+    lora: Optional[LoraConfig] = field(default_factory=LoraConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
 
@@ -118,6 +149,7 @@ class WanModelConfig:
     train_text_encoder: bool = False
     init_seed: int = 0
     offload_encoders: bool = True  # text/image encoders go to the CPU once their embeddings exist
+    lora: Optional[LoraConfig] = field(default_factory=LoraConfig)
     native: NativeSizeConfig = field(default_factory=NativeSizeConfig)
     objective: ObjectiveConfig = field(default_factory=lambda: ObjectiveConfig(shift=5.0))
 
@@ -170,6 +202,7 @@ class CogVideoXModelConfig:
     snr_shift_scale: float = bounded(1.0, 1e-6)
     init_seed: int = 0
     offload_encoders: bool = True
+    lora: Optional[LoraConfig] = field(default_factory=lambda: LoraConfig(targets=list(COGVIDEOX_LORA_TARGETS)))
     native: NativeSizeConfig = field(default_factory=lambda: NativeSizeConfig(num_frames=49, height=480, width=720))
     objective: VPredObjectiveConfig = field(default_factory=VPredObjectiveConfig)
 
@@ -267,6 +300,8 @@ class TrainerConfig:
     gradient_clip_val: float = bounded(1.0, 0.0)
     accumulate_grad_batches: int = bounded(1, 1)
     deterministic: bool = False
+    activation_checkpointing: str = choice("none", "full", "selective")  # recompute denoiser blocks in backward
+    checkpoint_fraction: float = bounded(0.5, 0.0, 1.0)  # selective: share of blocks recomputed (0.5 = every other)
 
 
 @dataclass
@@ -312,6 +347,7 @@ class TrainTaskConfig:
     guide: GuideConfig = MISSING
     sampler: SamplerConfig = MISSING
     accelerator: AcceleratorConfig = MISSING
+    strategy: StrategyConfig = MISSING
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = MISSING
     callbacks: CallbacksConfig = MISSING

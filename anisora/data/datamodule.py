@@ -31,16 +31,21 @@ def clip_to_item(clip: SyntheticClip, index: int, seed: int) -> dict[str, Any]:
 
 
 class SyntheticClipStream(IterableDataset):
-    def __init__(self, world: WorldConfig, seed: int, start: int = 0) -> None:
+    """Clips start, start+1, ... of this rank's share: under data parallelism rank r of R takes clips r, r+R, ...,
+    so ranks see different clips and one rank alone (R = 1) sees the stream as it always was."""
+
+    def __init__(self, world: WorldConfig, seed: int, start: int = 0, rank: int = 0, world_size: int = 1) -> None:
         self.world, self.seed, self.start = world, seed, start
+        self.rank, self.world_size = rank, world_size
 
     def __iter__(self):
         info = get_worker_info()
         wid, nworkers = (info.id, info.num_workers) if info else (0, 1)
-        index = self.start + wid
+        local = self.start + wid
         while True:
+            index = local * self.world_size + self.rank
             yield clip_to_item(make_clip(self.world, self.seed, "train", index), index, self.seed)
-            index += nworkers
+            local += nworkers
 
 
 class ClipList(Dataset):
@@ -78,7 +83,8 @@ class SyntheticDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         start = self.samples_seen
-        return DataLoader(SyntheticClipStream(self.world, self.seed, start), batch_size=self.batch_size,
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        return DataLoader(SyntheticClipStream(self.world, self.seed, start, rank, world), batch_size=self.batch_size,
                           num_workers=self.num_workers, collate_fn=collate, persistent_workers=False)
 
     def val_dataloader(self) -> DataLoader:
@@ -86,7 +92,7 @@ class SyntheticDataModule(pl.LightningDataModule):
                           collate_fn=collate)
 
     def state_dict(self) -> dict[str, Any]:
-        """The data position: every optimizer step consumed `accumulate` batches."""
+        """The data position (of each rank's share): every optimizer step consumed `accumulate` batches."""
         steps = self.trainer.global_step if self.trainer is not None else 0
         return {"samples_seen": steps * self.accumulate * self.batch_size}
 

@@ -16,6 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from anisora.accelerators.strategies import adamw_class, clip_sharded_gradients
 from anisora.backbones import Conditioning, build_backbone
 from anisora.diffusion.flow_matching import (
     combine_weights,
@@ -142,15 +143,16 @@ class SFTMethod(pl.LightningModule):
         checkpoint callback), so a checkpoint's EMA matches its weights and resume is exact."""
         super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
-            with torch.no_grad():
+            with torch.no_grad():  # the trainable weights only: with LoRA, the adapters
                 for e, p in zip(self.ema.parameters(), self.backbone.denoiser.parameters()):
-                    e.lerp_(p.detach(), 1.0 - self.ema_decay)
+                    if p.requires_grad:
+                        e.lerp_(p.detach(), 1.0 - self.ema_decay)
 
     def configure_optimizers(self):
         cfg = self.hparams.optimizer
         params = [p for m in self.backbone.trainable_modules() for p in m.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"],
-                                eps=cfg["eps"])
+        adamw = adamw_class(self.trainer.strategy if self._trainer is not None else None)
+        opt = adamw(params, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"], eps=cfg["eps"])
         warmup, total = int(cfg["warmup_steps"]), int(self.hparams.max_steps)
 
         def schedule(step: int) -> float:  # linear warm-up, then cosine to 10 %
@@ -161,6 +163,12 @@ class SFTMethod(pl.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Norm clipping everywhere; a sharded model's norm spans every rank's shard (FSDP clips at its root)."""
+        if gradient_clip_val and clip_sharded_gradients(self.trainer.strategy, float(gradient_clip_val)):
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ----------------------------------------------------------------- encoder placement
     def frozen_encoders(self) -> list[torch.nn.Module]:

@@ -113,12 +113,13 @@ def run_task(cfg: DictConfig, groups: list[str], body: Callable[[DictConfig, Pat
 
 
 def newest(paths: list[Path]) -> Path | None:
-    paths = [p for p in paths if p.is_file()]
+    paths = [p for p in paths if p.exists()]  # a folder: a sharded checkpoint (FSDP sharded, DeepSpeed)
     return max(paths, key=lambda p: p.stat().st_mtime) if paths else None
 
 
 def find_checkpoint(spec: str | None, log_dir: Path, key: str) -> Path | None:
-    """None -> None; 'last'/'latest' -> newest last.ckpt train.py wrote; else an existing file."""
+    """None -> None; 'last'/'latest' -> newest last.ckpt train.py wrote; else an existing file (or the folder
+    of a sharded checkpoint)."""
     if spec is None:
         return None
     if spec in ("last", "latest"):
@@ -127,7 +128,7 @@ def find_checkpoint(spec: str | None, log_dir: Path, key: str) -> Path | None:
             raise ConfigError(key, f"{spec}: no checkpoints/last.ckpt under {log_dir / 'train'}; run train.py first")
         return found
     path = Path(spec).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(key, f"checkpoint {path} does not exist")
     return path
 

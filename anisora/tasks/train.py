@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import lightning.pytorch as pl
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
@@ -17,8 +18,10 @@ from anisora.accelerators.devices import (
     set_num_threads,
     trainer_device_kwargs,
 )
+from anisora.accelerators.strategies import StrategySpec, block_types_of, check_ema
 from anisora.backbones import latent_grid
 from anisora.backbones.base import check_clip_shape
+from anisora.backbones.checkpointing import apply_activation_checkpointing
 from anisora.config.errors import ConfigError
 from anisora.data.datamodule import ShardDataModule, SyntheticDataModule
 from anisora.data.shard_format import expand_urls
@@ -28,7 +31,8 @@ from anisora.methods.sft import SFTMethod
 from anisora.tasks.common import environment_defaults, find_checkpoint, run_task, write_run_record
 
 log = logging.getLogger("anisora.train")
-GROUPS = ["model", "data", "guide", "sampler", "accelerator", "optimizer", "trainer", "callbacks", "logger", "paths"]
+GROUPS = ["model", "data", "guide", "sampler", "accelerator", "strategy", "optimizer", "trainer", "callbacks", "logger",
+          "paths"]
 
 
 def world_of(data: DictConfig) -> WorldConfig:
@@ -106,21 +110,30 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     datamodule = build_datamodule(cfg)  # checks shard paths before anything is written or built
     environment_defaults()
     acc = cfg.accelerator
-    device_kwargs = trainer_device_kwargs(acc.name, acc.devices, acc.strategy, acc.precision)  # fails fast
+    container = OmegaConf.to_container(cfg, resolve=True)
+    strategy = container["strategy"]
+    trainer_device_kwargs(acc.name, acc.devices, strategy, acc.precision)  # fails fast: devices, NPU stack, DeepSpeed
+    check_ema(StrategySpec.of(strategy), cfg.optimizer.ema_decay)
     check_attention_backend(acc.attention_backend)
-    write_run_record(cfg, run_dir)
     set_num_threads(cfg.accelerator.num_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    container = OmegaConf.to_container(cfg, resolve=True)
     method = SFTMethod(model=container["model"], guide=container["guide"], optimizer=container["optimizer"],
                        sampler=container["sampler"], max_steps=cfg.trainer.max_steps,
                        data=container["data"])
     method.log_videos = cfg.logger.log_videos and cfg.callbacks.sample_videos
-    check_shards_fit(datamodule, method)
+    check_shards_fit(datamodule, method)  # LoRA targets were checked while building: still nothing written
     set_attention_backend(method.backbone.denoiser, cfg.accelerator.attention_backend)
+    recomputed = apply_activation_checkpointing(method.backbone, cfg.trainer.activation_checkpointing,
+                                                cfg.trainer.checkpoint_fraction)
+    if rank_zero_only.rank == 0:  # DDP/FSDP/DeepSpeed ranks > 0 run this script again in the same folder
+        write_run_record(cfg, run_dir)
+    blocks = block_types_of(method.backbone.denoiser_blocks()) if strategy["name"] == "fsdp" else None
+    device_kwargs = trainer_device_kwargs(acc.name, acc.devices, strategy, acc.precision, blocks)
     params = sum(p.numel() for p in method.backbone.denoiser.parameters())
-    log.info("denoiser parameters: %s; run folder: %s", f"{params:,}", run_dir)
+    trainable = sum(p.numel() for m in method.backbone.trainable_modules() for p in m.parameters() if p.requires_grad)
+    log.info("denoiser parameters: %s (trainable: %s); strategy: %s; activation checkpointing: %d blocks; "
+             "run folder: %s", f"{params:,}", f"{trainable:,}", strategy["name"], len(recomputed), run_dir)
 
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),

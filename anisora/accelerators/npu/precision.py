@@ -5,7 +5,13 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 
 import torch
-from lightning.pytorch.plugins.precision import FSDPPrecision, HalfPrecision, MixedPrecision, Precision
+from lightning.pytorch.plugins.precision import (
+    DeepSpeedPrecision,
+    FSDPPrecision,
+    HalfPrecision,
+    MixedPrecision,
+    Precision,
+)
 
 
 class NPUFSDPPrecision(FSDPPrecision):
@@ -18,8 +24,11 @@ class NPUFSDPPrecision(FSDPPrecision):
         return super().forward_context()
 
 
-def npu_precision_plugin(precision: str, fsdp: bool = False) -> Precision:
-    """The plugin for `accelerator.precision` on the NPU, passed explicitly so Lightning never picks CUDA AMP."""
+def npu_precision_plugin(precision: str, fsdp: bool = False, deepspeed: bool = False) -> Precision:
+    """The plugin for `accelerator.precision` on the NPU, passed explicitly so Lightning never picks CUDA AMP
+    (DeepSpeed casts by its own config: its plugin has no autocast)."""
+    if deepspeed:
+        return DeepSpeedPrecision(precision)  # type: ignore[arg-type]
     if fsdp:
         return NPUFSDPPrecision(precision)  # type: ignore[arg-type]
     if precision in ("bf16-mixed", "16-mixed"):

@@ -10,12 +10,18 @@ from anisora.accelerators.npu.precision import npu_precision_plugin
 from anisora.accelerators.npu.strategies import NPUDDPStrategy, NPUFSDPStrategy, SingleNPUStrategy
 from anisora.config.errors import ConfigError
 
-STRATEGIES = {"ddp": NPUDDPStrategy, "fsdp": NPUFSDPStrategy}
+
+def npu_strategies() -> dict[str, type]:
+    from anisora.accelerators.strategies import AnyDeviceDeepSpeedStrategy
+
+    return {"ddp": NPUDDPStrategy, "fsdp": NPUFSDPStrategy, "deepspeed": AnyDeviceDeepSpeedStrategy}
 
 
-def trainer_kwargs(strategy: str, devices: Any, precision: str) -> dict[str, Any]:
+def trainer_kwargs(strategy: str, devices: Any, precision: str, options: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
     """Keyword arguments of `lightning.Trainer` for NPUs; fails with one line before anything is built
-    when torch_npu or a device is missing."""
+    when torch_npu or a device is missing. `options` are the strategy class's keyword arguments
+    (anisora.accelerators.strategies.strategy_options: HCCL, FSDP block wrapping, ZeRO stage...)."""
     require_torch_npu()
     register_npu()
     indices = NPUAccelerator.parse_devices(devices)
@@ -23,15 +29,17 @@ def trainer_kwargs(strategy: str, devices: Any, precision: str) -> dict[str, Any
         raise ConfigError("accelerator.devices", f"no NPU selected by {devices!r}")
     if strategy == "auto":
         strategy = "ddp" if len(indices) > 1 else "single"
+    strategies = npu_strategies()
     if strategy == "single":
         if len(indices) != 1:
-            raise ConfigError("accelerator.strategy", f"single runs on one NPU, got devices={devices!r}")
+            raise ConfigError("strategy", f"single runs on one NPU, got accelerator.devices={devices!r}")
         chosen = SingleNPUStrategy(indices[0])
-    elif strategy in STRATEGIES:
-        chosen = STRATEGIES[strategy](parallel_devices=NPUAccelerator.get_parallel_devices(indices))
+    elif strategy in strategies:
+        kwargs = {k: v for k, v in (options or {}).items() if v is not None}  # HCCL unless the config names one
+        chosen = strategies[strategy](parallel_devices=NPUAccelerator.get_parallel_devices(indices), **kwargs)
     else:
-        raise ConfigError("accelerator.strategy", f"on npu expected one of auto, single, {', '.join(STRATEGIES)}; "
+        raise ConfigError("strategy", f"on npu expected one of auto, single, {', '.join(strategies)}; "
                           f"got {strategy!r}")
-    fsdp = isinstance(chosen, NPUFSDPStrategy)
-    return {"accelerator": NPUAccelerator(), "devices": len(indices), "strategy": chosen,
-            "plugins": [npu_precision_plugin(precision, fsdp=fsdp)]}
+    plugin = npu_precision_plugin(precision, fsdp=isinstance(chosen, NPUFSDPStrategy),
+                                  deepspeed=strategy == "deepspeed")
+    return {"accelerator": NPUAccelerator(), "devices": len(indices), "strategy": chosen, "plugins": [plugin]}

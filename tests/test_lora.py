@@ -1,0 +1,169 @@
+"""LoRA and full fine-tuning: only trainable weights reach the optimizer (never a frozen encoder), EMA follows the
+adapters, a killed LoRA run resumes exactly, and the trained adapters load in a stock diffusers pipeline."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import ROOT, TINY, compose, list_files, run_entry
+from omegaconf import OmegaConf
+
+from anisora.backbones.lora import lora_parameters
+from anisora.config.errors import ConfigError
+from anisora.methods.sft import SFTMethod
+
+LORA = ["model.lora.rank=4", "model.lora.alpha=8"]
+# a Wan2.1 T2V model small enough for the CPU, with the real Wan VAE and UMT5 (exports need a diffusers pipeline)
+WAN = ["model=wan1.3b", "model.num_layers=2", "model.num_attention_heads=2", "model.attention_head_dim=8",
+       "model.ffn_dim=32", "model.text_dim=16", "model.text_layers=1", "model.text_heads=2", "model.text_ff=32",
+       "model.text_vocab=1", "model.vae_base_dim=8", "model.vae_tiling=false", "model.max_sequence_length=16",
+       "data.batch_size=2", "data.val_clips=2", "accelerator=cpu"]
+
+
+def method_from(overrides: list[str]) -> SFTMethod:
+    composed = compose("train", overrides)
+    cfg = {k: OmegaConf.to_container(composed[k], resolve=True)
+           for k in ("model", "guide", "optimizer", "sampler", "trainer", "data")}
+    return SFTMethod(model=cfg["model"], guide=cfg["guide"], optimizer=cfg["optimizer"], sampler=cfg["sampler"],
+                     max_steps=cfg["trainer"]["max_steps"], data=cfg["data"])
+
+
+def optimized(method: SFTMethod) -> set[int]:
+    opt = method.configure_optimizers()["optimizer"]
+    return {id(p) for group in opt.param_groups for p in group["params"]}
+
+
+def fit(method: SFTMethod, overrides: list[str], steps: int = 2) -> None:
+    from anisora.tasks.train import build_datamodule
+
+    cfg = compose("train", overrides)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(method, datamodule=build_datamodule(cfg))
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_optimizer_holds_only_trainable_weights_never_the_frozen_text_encoder(lora):
+    method = method_from([*TINY, *(LORA if lora else [])])
+    denoiser, encoder = method.backbone.denoiser, method.backbone.prompt_encoder.encoder
+    expected = {id(p) for p in (lora_parameters(denoiser).values() if lora else denoiser.parameters())}
+    assert optimized(method) == expected
+    assert not any(p.requires_grad for p in encoder.parameters())
+    assert not any(p.requires_grad for p in method.ema.parameters())
+    if lora:
+        frozen = [n for n, p in denoiser.named_parameters() if "lora_" not in n]
+        assert frozen and not any(denoiser.get_parameter(n).requires_grad for n in frozen)
+
+
+def test_lora_training_moves_adapters_only_and_ema_follows_them():
+    method = method_from([*TINY, *LORA, "optimizer.warmup_steps=0", "optimizer.ema_decay=0.5"])
+    denoiser = method.backbone.denoiser
+    before = {n: p.detach().clone() for n, p in denoiser.named_parameters()}
+    text_before = [p.detach().clone() for p in method.backbone.prompt_encoder.encoder.parameters()]
+    fit(method, [*TINY, *LORA])
+    after = dict(denoiser.named_parameters())
+    ema = dict(method.ema.named_parameters())
+    adapters = [n for n in after if "lora_B" in n]
+    assert adapters and all(not torch.equal(after[n], before[n]) for n in adapters)  # B starts at zero, then learns
+    for name, value in after.items():
+        if "lora_" not in name:
+            assert torch.equal(value, before[name]) and torch.equal(ema[name], before[name]), name
+            assert value.grad is None, name
+    for name in adapters:  # EMA with decay 0.5 sits between the start and the trained adapters
+        assert not torch.equal(ema[name], before[name]) and not torch.equal(ema[name], after[name])
+    for p, q in zip(method.backbone.prompt_encoder.encoder.parameters(), text_before):
+        assert torch.equal(p, q) and p.grad is None
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["model.lora.targets=[to_qq]"], "model.lora.targets: 'to_qq' matches no module of WanTransformer3DModel; "
+                                     "layers of a block: attn1.to_q, attn1.to_k"),
+    (["model.lora.targets=[attn1]"], "model.lora.targets: 'attn1' names WanAttention, not a linear layer"),
+    (["model.lora.targets=[]"], "model.lora.targets: must name at least one module; e.g. attn1.to_q"),
+    (["model.lora.alpha=0"], "model.lora.alpha: must be > 0; got 0.0"),
+])
+def test_bad_lora_settings_fail_in_one_line(overrides, expected):
+    with pytest.raises(ConfigError) as info:
+        method_from([*TINY, *LORA, *overrides])
+    assert str(info.value).startswith(expected) and "\n" not in str(info.value)
+
+
+def test_bad_lora_target_from_the_command_line_writes_nothing(tmp_path):
+    log_dir = tmp_path / "outputs"
+    out = run_entry("train.py", *TINY, *LORA, "model.lora.targets=[to_q,proj_nope]", log_dir=log_dir)
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: model.lora.targets: 'proj_nope' matches no module")
+    assert list_files(log_dir) == [] and not log_dir.exists()
+
+
+# ----------------------------------------------------------------------------------- exact resume
+STEPS = 16
+RESUME = [*TINY, *LORA, f"trainer.max_steps={STEPS}", "callbacks.checkpoint_every_n_steps=4",
+          "trainer.val_every_n_steps=8", "trainer.log_every_n_steps=4", "optimizer.warmup_steps=4", "logger=none"]
+
+
+def checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor]]:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return state["global_step"], state["state_dict"]
+
+
+def test_killed_lora_run_resumes_to_the_same_adapters(tmp_path):
+    full = run_entry("train.py", *RESUME, log_dir=tmp_path / "full", run_dir=tmp_path / "full" / "train" / "run")
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    log_dir = tmp_path / "killed"
+    first = log_dir / "train" / "first"
+    args = [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={log_dir}", f"hydra.run.dir={first}", *RESUME]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    mid_run = {f"step{step:06d}.ckpt" for step in range(8, STEPS, 4)}  # last.ckpt exists by then
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not mid_run & {p.name for p in
+                                                                            (first / "checkpoints").glob("*.ckpt")}:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = [checkpoint(p)[0] for p in (first / "checkpoints").glob("*.ckpt")]
+    assert killed and max(killed) < STEPS, "the run was not interrupted"
+    resumed = run_entry("train.py", *RESUME, "ckpt_path=last", log_dir=log_dir, run_dir=log_dir / "train" / "second")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    step_full, weights_full = checkpoint(tmp_path / "full" / "train" / "run" / "checkpoints" / "last.ckpt")
+    step_resumed, weights_resumed = checkpoint(log_dir / "train" / "second" / "checkpoints" / "last.ckpt")
+    assert step_full == step_resumed == STEPS and weights_full.keys() == weights_resumed.keys()
+    adapters = [k for k in weights_full if "lora_" in k]
+    assert adapters and any(k.startswith("ema.") for k in adapters)
+    for key in weights_full:
+        assert torch.equal(weights_full[key], weights_resumed[key]), key
+
+
+# ----------------------------------------------------------------------------------- export
+def test_trained_wan_lora_exports_and_loads_in_the_stock_pipeline(tmp_path):
+    from anisora.backbones import build_backbone
+    from anisora.backbones.export import export_lora, stock_pipeline
+
+    method = method_from([*WAN, *LORA, "optimizer.warmup_steps=0", "optimizer.ema_decay=0"])
+    fit(method, WAN)
+    tuned = method.backbone.denoiser.eval()
+    assert any(not torch.equal(p, torch.zeros_like(p)) for n, p in tuned.named_parameters() if "lora_B" in n)
+    dst = export_lora(method.backbone, tmp_path / "lora")
+    assert (dst / "pytorch_lora_weights.safetensors").is_file()
+
+    base = OmegaConf.to_container(compose("train", WAN).model, resolve=True)  # rank 0: the same base weights
+    stock = stock_pipeline(build_backbone(base))
+    x = torch.randn(1, 16, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(1, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = stock.transformer(x, torch.tensor([500.0]), text, return_dict=False)[0]
+        stock.load_lora_weights(dst)
+        after = stock.transformer(x, torch.tensor([500.0]), text, return_dict=False)[0]
+        ours = tuned(x, torch.tensor([500.0]), text, return_dict=False)[0]
+    assert not torch.allclose(before, ours, atol=1e-5)
+    torch.testing.assert_close(after, ours, atol=1e-5, rtol=1e-4)
