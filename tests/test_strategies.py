@@ -171,6 +171,26 @@ def test_fsdp_on_cpu_wraps_each_block_and_matches_one_process(single):
     assert not any("_fsdp_wrapped_module" in k for k in fsdp)  # a full state dict, loadable without FSDP
 
 
+def test_sequence_parallel_over_two_ranks_matches_one_process(single):
+    """Both ranks split each of the same 4 clips' token sequence (Ulysses over the 2 heads): the weights after
+    2 steps equal one process training on those 4 clips."""
+    tmp, reference = single
+    out = run_entry("train.py", *RUN, "strategy=ddp", "accelerator.devices=2", "trainer.sequence_parallel=2",
+                    "data.batch_size=4", log_dir=tmp / "sp", run_dir=tmp / "sp" / "run", timeout=240)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "sequence parallel: each sample's tokens split over 2 ranks" in out.stdout + out.stderr
+    assert_same_training(reference, final_weights(tmp / "sp" / "run"))
+
+
+def test_sequence_parallel_without_ddp_fails_in_one_line(tmp_path):
+    out = run_entry("train.py", *TINY, "trainer.sequence_parallel=2", log_dir=tmp_path / "outputs")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == ("error: trainer.sequence_parallel: 2 needs strategy=ddp over a "
+                                                   "multiple of 2 devices; got strategy=single with "
+                                                   "accelerator.devices=1")
+    assert not (tmp_path / "outputs").exists()
+
+
 @pytest.mark.skipif(not HAS_DEEPSPEED, reason=NO_DEEPSPEED)
 def test_deepspeed_zero2_trains_on_cpu_and_matches_one_process(single):
     tmp, reference = single

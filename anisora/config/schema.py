@@ -302,6 +302,7 @@ class TrainerConfig:
     deterministic: bool = False
     activation_checkpointing: str = choice("none", "full", "selective")  # recompute denoiser blocks in backward
     checkpoint_fraction: float = bounded(0.5, 0.0, 1.0)  # selective: share of blocks recomputed (0.5 = every other)
+    sequence_parallel: int = bounded(1, 1)  # ranks that split each sample's sequence (Ulysses); needs strategy=ddp
 
 
 @dataclass

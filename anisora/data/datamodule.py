@@ -80,10 +80,19 @@ class SyntheticDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers, self.val_clips = batch_size, num_workers, val_clips
         self.accumulate = accumulate_grad_batches
         self.samples_seen = 0
+        self.sequence_parallel = 1  # ranks of one sequence-parallel group read the same data
+
+    def data_rank(self) -> tuple[int, int]:
+        """(rank, world) of this process among the data-parallel readers: the ranks of a sequence-parallel
+        group share one reader slot, since they split the same samples."""
+        if self.trainer is None:
+            return 0, 1
+        sp = self.sequence_parallel
+        return self.trainer.global_rank // sp, max(1, self.trainer.world_size // sp)
 
     def train_dataloader(self) -> DataLoader:
         start = self.samples_seen
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        rank, world = self.data_rank()
         return DataLoader(SyntheticClipStream(self.world, self.seed, start, rank, world), batch_size=self.batch_size,
                           num_workers=self.num_workers, collate_fn=collate, persistent_workers=False)
 
@@ -114,7 +123,7 @@ class ShardDataModule(SyntheticDataModule):
         self.corrupt_seen: dict[int, int] = {}
 
     def stream(self, start_batch: int = 0, epochs: int | None = None) -> ShardStream:
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        rank, world = self.data_rank()
         check_slots(len(self.shards), world, self.num_workers)
         return ShardStream(self.shards, self.batch_size, self.seed, rank, world, self.shuffle_buffer,
                            self.shuffle_shards, self.max_corrupt, start_batch, epochs)

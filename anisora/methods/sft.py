@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 from typing import Any
 
@@ -36,11 +37,15 @@ from anisora.guidance.spec import stored_mode_slots
 NO_GUIDE = "none"  # the stored no-guide conditioning of a cached batch (anisora.data.shard_format)
 
 
+log = logging.getLogger("anisora.train")
+
+
 class SFTMethod(pl.LightningModule):
     """Flow-matching SFT of any backbone adapter; configs are plain dicts so checkpoints rebuild it."""
 
     def __init__(self, model: dict[str, Any], guide: dict[str, Any], optimizer: dict[str, Any],
-                 sampler: dict[str, Any], max_steps: int, data: dict[str, Any] | None = None) -> None:
+                 sampler: dict[str, Any], max_steps: int, data: dict[str, Any] | None = None,
+                 sequence_parallel: int = 1) -> None:
         super().__init__()
         self.save_hyperparameters()  # `data` tells infer.py the clip size (and world) it was trained on
         self.backbone = build_backbone(model)
@@ -136,7 +141,7 @@ class SFTMethod(pl.LightningModule):
         pred = self.backbone.denoise(inputs["noisy"], inputs["timestep"], cond)
         loss = weighted_mse(pred.float(), inputs["target"].float(), inputs["weight"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["seed"]))
-        return loss
+        return loss * int(self.hparams.get("sequence_parallel", 1))  # see configure_model
 
     def optimizer_step(self, *args, **kwargs) -> None:
         """EMA follows each optimizer step here (not in on_train_batch_end, which runs after the
@@ -169,6 +174,22 @@ class SFTMethod(pl.LightningModule):
         if gradient_clip_val and clip_sharded_gradients(self.trainer.strategy, float(gradient_clip_val)):
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    # ----------------------------------------------------------------- sequence parallel
+    def configure_model(self) -> None:
+        """Split each sample's token sequence over groups of `sequence_parallel` ranks (Ulysses all-to-all over
+        heads, diffusers' context parallel) once the process group exists. Every rank of a group holds the whole
+        loss but only its shard's share of each gradient; DDP averages over all ranks, so `training_step`
+        scales the loss by the group size and the averaged gradient is the data-parallel mean."""
+        sp = int(self.hparams.get("sequence_parallel", 1))
+        if sp == 1 or getattr(self, "_sequence_split", False):
+            return
+        from anisora.inference.speedups.context_parallel import enable
+
+        enable(self.backbone.denoiser, sp, mesh=sequence_parallel_mesh(sp, self.trainer.strategy.root_device))
+        self._sequence_split = True
+        if self.trainer.is_global_zero:
+            log.info("sequence parallel: each sample's tokens split over %d ranks", sp)
 
     # ----------------------------------------------------------------- encoder placement
     def frozen_encoders(self) -> list[torch.nn.Module]:
@@ -223,3 +244,16 @@ class SFTMethod(pl.LightningModule):
         from anisora.methods.validation import validate_samples
 
         validate_samples(self, batch)
+
+
+def sequence_parallel_mesh(degree: int, device: torch.device):
+    """The (ring 1, ulysses `degree`) sub-mesh of this rank's group when there are several groups; None when
+    the whole world is one group (diffusers builds that mesh itself)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    world = dist.get_world_size()
+    if world == degree:
+        return None
+    mesh = init_device_mesh(device.type, (world // degree, 1, degree), mesh_dim_names=("dp", "ring", "ulysses"))
+    return mesh["ring", "ulysses"]

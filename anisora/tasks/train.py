@@ -58,6 +58,17 @@ def build_datamodule(cfg: DictConfig) -> SyntheticDataModule:
                            accumulate, data.shuffle_buffer, data.shuffle_shards, data.max_corrupt)
 
 
+def check_sequence_parallel(degree: int, strategy: str, devices) -> int:
+    """Sequence parallelism splits each sample over `degree` DDP ranks; fail fast on what cannot hold it."""
+    if degree == 1:
+        return 1
+    count = len(devices) if isinstance(devices, (list, tuple)) else int(devices)
+    if strategy != "ddp" or count % degree:
+        raise ConfigError("trainer.sequence_parallel", f"{degree} needs strategy=ddp over a multiple of {degree} "
+                          f"devices; got strategy={strategy} with accelerator.devices={devices}")
+    return degree
+
+
 def check_shards_fit(datamodule: SyntheticDataModule, method: SFTMethod) -> None:
     """Shards encoded by another model family or latent layout fail here in one line, not inside the DiT."""
     if not isinstance(datamodule, ShardDataModule):
@@ -118,9 +129,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     set_num_threads(cfg.accelerator.num_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
+    sequence_parallel = check_sequence_parallel(cfg.trainer.sequence_parallel, strategy["name"], acc.devices)
+    datamodule.sequence_parallel = sequence_parallel
     method = SFTMethod(model=container["model"], guide=container["guide"], optimizer=container["optimizer"],
                        sampler=container["sampler"], max_steps=cfg.trainer.max_steps,
-                       data=container["data"])
+                       data=container["data"], sequence_parallel=sequence_parallel)
     method.log_videos = cfg.logger.log_videos and cfg.callbacks.sample_videos
     check_shards_fit(datamodule, method)  # LoRA targets were checked while building: still nothing written
     set_attention_backend(method.backbone.denoiser, cfg.accelerator.attention_backend)
@@ -142,6 +155,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         val_check_interval=cfg.trainer.val_every_n_steps * cfg.trainer.accumulate_grad_batches,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
+        use_distributed_sampler=sequence_parallel == 1,  # a sequence-parallel group validates the same clips
         limit_val_batches=1 if cfg.callbacks.sample_videos else 0,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
         gradient_clip_val=cfg.trainer.gradient_clip_val,

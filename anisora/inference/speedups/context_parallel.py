@@ -28,8 +28,9 @@ def _at_least_one_device_index():
         torch.accelerator.device_count = count
 
 
-def enable(denoiser: torch.nn.Module, degree: int, kind: str = "ulysses") -> None:
-    """Shard the denoiser's attention over `degree` processes of the initialised default process group."""
+def enable(denoiser: torch.nn.Module, degree: int, kind: str = "ulysses", mesh=None) -> None:
+    """Shard the denoiser's attention over `degree` processes of the initialised default process group (or of
+    `mesh`, a ("ring", "ulysses") device mesh, when the world holds several groups)."""
     from diffusers import ContextParallelConfig
 
     if kind not in KINDS:
@@ -41,7 +42,7 @@ def enable(denoiser: torch.nn.Module, degree: int, kind: str = "ulysses") -> Non
     if kind == "ulysses" and heads % degree:
         raise ConfigError("speedup.context_parallel", f"Ulysses splits the {heads} attention heads: {degree} must "
                           "divide them (or use speedup.context_parallel_kind=ring)")
-    config = ContextParallelConfig(ulysses_degree=degree) if kind == "ulysses" else ContextParallelConfig(
-        ring_degree=degree)
+    degrees = {"ulysses_degree": degree} if kind == "ulysses" else {"ring_degree": degree}
+    config = ContextParallelConfig(**degrees, mesh=mesh)
     with _at_least_one_device_index():
         denoiser.enable_parallelism(config=config)
