@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -69,3 +72,38 @@ def compose(config_name: str, overrides: list[str]):
 
 def list_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def kill_when(args: list[str], ready: Callable[[], bool], timeout: float = 240) -> None:
+    """Start `args`, wait until `ready()` (or the process ends, or `timeout`), then SIGKILL its whole process
+    group, as a crash or a pre-empted job would: the tests of exact resume start from here."""
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.002)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # it finished first; the caller's assertions say so
+        pass
+    proc.wait()
+
+
+def read_checkpoint(path: Path):
+    """(global_step, state_dict) of a Lightning checkpoint, on the CPU."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return state["global_step"], state["state_dict"]
+
+
+def with_fake_npu(script: str) -> dict:
+    """Run `script` where "npu" is PyTorch's renamed PrivateUse1 backend with the Python stand-in for torch_npu
+    (tests/npu_stand_in/fake_torch_npu.py); its last stdout line is JSON."""
+    import json
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "npu_stand_in"), str(ROOT)]),
+               ANISORA_NPU_TEST_BACKEND="fake_torch_npu")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

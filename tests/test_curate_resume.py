@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
 
-from curate_helpers import ROOT, curate_cli
+from conftest import kill_when
+from curate_helpers import curate_cli
 
 from anisora.data.curation.corpus import make_corpus
 
@@ -28,13 +25,7 @@ def test_killed_curation_resumes_to_the_same_manifest(tmp_path):
 
     out = tmp_path / "killed"
     args = [sys.executable, "-m", "anisora.tasks.data_cli", "curate", *common, f"out={out}"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not parts(out):
-        time.sleep(0.002)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(args, lambda: bool(parts(out)), timeout=120)
     finished = {p: p.stat().st_mtime_ns for p in parts(out)}
     assert 1 <= len(finished) < 10 and not (out / "manifest.jsonl").exists()
 

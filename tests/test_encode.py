@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, compose
+from conftest import ROOT, compose, kill_when
 from omegaconf import OmegaConf
 
 from anisora.backbones import build_backbone
@@ -116,13 +114,7 @@ def test_killed_encode_reruns_to_byte_identical_shards(backbone, tmp_path):
                   model_config=model, show_progress=False)  # the uninterrupted run, in-process
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(encode_cli(manifest, out, tmp_path / "logs"), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not list(out.glob("*.json")):
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(encode_cli(manifest, out, tmp_path / "logs"), lambda: bool(list(out.glob("*.json"))), timeout=120)
     done = {p.name: p.stat().st_ino for p in out.glob("*.tar") if p.with_suffix(".json").is_file()}
     assert 0 < len(done) < 40, "the encode was not interrupted part-way"
 

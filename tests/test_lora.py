@@ -3,16 +3,12 @@ adapters, a killed LoRA run resumes exactly, and the trained adapters load in a 
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import ROOT, TINY, compose, list_files, run_entry
+from conftest import ROOT, TINY, compose, kill_when, list_files, read_checkpoint, run_entry
 from omegaconf import OmegaConf
 
 from anisora.backbones.lora import lora_parameters
@@ -110,11 +106,6 @@ RESUME = [*TINY, *LORA, f"trainer.max_steps={STEPS}", "callbacks.checkpoint_ever
           "trainer.val_every_n_steps=8", "trainer.log_every_n_steps=4", "optimizer.warmup_steps=4", "logger=none"]
 
 
-def checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor]]:
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    return state["global_step"], state["state_dict"]
-
-
 def test_killed_lora_run_resumes_to_the_same_adapters(tmp_path):
     full = run_entry("train.py", *RESUME, log_dir=tmp_path / "full", run_dir=tmp_path / "full" / "train" / "run")
     assert full.returncode == 0, full.stderr[-3000:]
@@ -122,21 +113,15 @@ def test_killed_lora_run_resumes_to_the_same_adapters(tmp_path):
     log_dir = tmp_path / "killed"
     first = log_dir / "train" / "first"
     args = [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={log_dir}", f"hydra.run.dir={first}", *RESUME]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     mid_run = {f"step{step:06d}.ckpt" for step in range(8, STEPS, 4)}  # last.ckpt exists by then
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and not mid_run & {p.name for p in
-                                                                            (first / "checkpoints").glob("*.ckpt")}:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed = [checkpoint(p)[0] for p in (first / "checkpoints").glob("*.ckpt")]
+    kill_when(args, lambda: bool(mid_run & {p.name for p in (first / "checkpoints").glob("*.ckpt")}))
+    killed = [read_checkpoint(p)[0] for p in (first / "checkpoints").glob("*.ckpt")]
     assert killed and max(killed) < STEPS, "the run was not interrupted"
     resumed = run_entry("train.py", *RESUME, "ckpt_path=last", log_dir=log_dir, run_dir=log_dir / "train" / "second")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    step_full, weights_full = checkpoint(tmp_path / "full" / "train" / "run" / "checkpoints" / "last.ckpt")
-    step_resumed, weights_resumed = checkpoint(log_dir / "train" / "second" / "checkpoints" / "last.ckpt")
+    step_full, weights_full = read_checkpoint(tmp_path / "full" / "train" / "run" / "checkpoints" / "last.ckpt")
+    step_resumed, weights_resumed = read_checkpoint(log_dir / "train" / "second" / "checkpoints" / "last.ckpt")
     assert step_full == step_resumed == STEPS and weights_full.keys() == weights_resumed.keys()
     adapters = [k for k in weights_full if "lora_" in k]
     assert adapters and any(k.startswith("ema.") for k in adapters)

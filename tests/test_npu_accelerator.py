@@ -7,14 +7,10 @@ non-CUDA device type: nothing in Lightning is mocked.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
-from conftest import ROOT, list_files, run_entry
+from conftest import list_files, run_entry, with_fake_npu
 
 from anisora.accelerators.npu import NPUAccelerator, torch_npu_problem
 
@@ -64,11 +60,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_with_an_npu_lightning_gets_npu_accelerator_strategies_and_autocast():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "npu_stand_in"), str(ROOT)]),
-               ANISORA_NPU_TEST_BACKEND="fake_torch_npu")
-    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = with_fake_npu(SCRIPT)
     assert out["device"] == "npu:0" and out["registered"]
     single = out["auto-1"]
     assert single == {"accelerator": "NPUAccelerator", "strategy": "SingleNPUStrategy", "root": "npu:0",

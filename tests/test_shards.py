@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY, compose, list_files, run_entry
+from conftest import ROOT, TINY, compose, kill_when, list_files, read_checkpoint, run_entry
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
@@ -142,11 +139,6 @@ def test_bad_urls_fail_in_one_line(tmp_path, shards):
     assert list_files(tmp_path / "logs") == []
 
 
-def weights(ckpt: Path) -> tuple[int, dict[str, torch.Tensor]]:
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    return state["global_step"], state["state_dict"]
-
-
 def test_train_from_shards_resumes_exactly(shards, tmp_path):
     urls = f"data.urls='{Path(shards['big'][0]).parent}/{{000000..000005}}.tar'"
     full = run_entry("train.py", *COMMON, urls, log_dir=tmp_path / "full", run_dir=tmp_path / "full" / "train" / "run")
@@ -156,23 +148,19 @@ def test_train_from_shards_resumes_exactly(shards, tmp_path):
     run_dir = log_dir / "train" / "first"
     args = [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={log_dir}", f"hydra.run.dir={run_dir}", *COMMON,
             urls]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def mid_run() -> bool:  # last.ckpt is written after the step checkpoint it copies
         names = {p.name for p in (run_dir / "checkpoints").glob("*.ckpt")}
         return "last.ckpt" in names and bool(names & {"step000004.ckpt", "step000008.ckpt"})
 
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not mid_run():
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed = [weights(p)[0] for p in (run_dir / "checkpoints").glob("*.ckpt")]
+    kill_when(args, mid_run, timeout=120)
+    killed = [read_checkpoint(p)[0] for p in (run_dir / "checkpoints").glob("*.ckpt")]
     assert killed and max(killed) < STEPS, "the run was not interrupted"
     resumed = run_entry("train.py", *COMMON, urls, "ckpt_path=last", log_dir=log_dir,
                         run_dir=log_dir / "train" / "second")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    step_full, a = weights(tmp_path / "full" / "train" / "run" / "checkpoints" / "last.ckpt")
-    step_resumed, b = weights(log_dir / "train" / "second" / "checkpoints" / "last.ckpt")
+    step_full, a = read_checkpoint(tmp_path / "full" / "train" / "run" / "checkpoints" / "last.ckpt")
+    step_resumed, b = read_checkpoint(log_dir / "train" / "second" / "checkpoints" / "last.ckpt")
     assert step_full == step_resumed == STEPS and a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key

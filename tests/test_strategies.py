@@ -5,8 +5,6 @@ same clips; activation checkpointing leaves gradients as they were; DeepSpeed mi
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -15,7 +13,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import ROOT, TINY, compose, list_files, run_entry
+from conftest import ROOT, TINY, compose, list_files, run_entry, with_fake_npu
 from omegaconf import OmegaConf
 
 from anisora.accelerators.devices import trainer_device_kwargs
@@ -105,11 +103,7 @@ NPU_SCRIPT = textwrap.dedent("""
 
 
 def test_on_an_npu_the_group_builds_npu_strategies_with_hccl_and_block_wrapping():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "npu_stand_in"), str(ROOT)]),
-               ANISORA_NPU_TEST_BACKEND="fake_torch_npu")
-    done = subprocess.run([sys.executable, "-c", NPU_SCRIPT], capture_output=True, text=True, timeout=120, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = with_fake_npu(NPU_SCRIPT)
     assert out == {"single": ["SingleNPUStrategy", None, []], "ddp": ["NPUDDPStrategy", "hccl", []],
                    "fsdp": ["NPUFSDPStrategy", "hccl", ["Linear"]]}
 

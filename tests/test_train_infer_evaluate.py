@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY, list_files, run_entry
+from conftest import ROOT, TINY, kill_when, list_files, read_checkpoint, run_entry
 from PIL import Image
 
 from anisora.inference.video_io import read_image, read_video
@@ -20,15 +18,6 @@ from anisora.inference.video_io import read_image, read_video
 STEPS = 24
 COMMON = [*TINY, f"trainer.max_steps={STEPS}", "callbacks.checkpoint_every_n_steps=4", "trainer.val_every_n_steps=12",
           "trainer.log_every_n_steps=4", "optimizer.warmup_steps=4"]
-
-
-def list_names(folder: Path) -> list[str]:
-    return [p.name for p in folder.glob("*.ckpt")] if folder.is_dir() else []
-
-
-def weights(ckpt: Path) -> tuple[int, dict[str, torch.Tensor]]:
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    return state["global_step"], state["state_dict"]
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +30,8 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     log_dir = base / "killed"
     run_dir = log_dir / "train" / "first"
     args = [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={log_dir}", f"hydra.run.dir={run_dir}", *COMMON]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     mid_run = {f"step{step:06d}.ckpt" for step in range(8, STEPS, 4)}  # only the newest is kept: catch any
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and not mid_run & set(list_names(run_dir / "checkpoints")):
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(args, lambda: bool(mid_run & {p.name for p in (run_dir / "checkpoints").glob("*.ckpt")}))
     resumed = run_entry("train.py", *COMMON, "ckpt_path=last", log_dir=log_dir, run_dir=log_dir / "train" / "second")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return {"full": base / "full" / "train" / "run", "killed": run_dir, "resumed": log_dir / "train" / "second",
@@ -65,13 +49,13 @@ def test_uninterrupted_run_leaves_checkpoint_config_and_wandb(trained):
     assert samples and read_video(samples[0]).shape[0] == 5
 
 
-def test_killed_run_resumes_to_the_same_step_and_weights(trained):
-    killed_steps = [weights(p)[0] for p in (trained["killed"] / "checkpoints").glob("*.ckpt")]
+def test_killed_run_resumes_to_the_same_step_and_read_checkpoint(trained):
+    killed_steps = [read_checkpoint(p)[0] for p in (trained["killed"] / "checkpoints").glob("*.ckpt")]
     assert killed_steps and max(killed_steps) < STEPS, "the run was not interrupted"
     for path in (trained["killed"] / "checkpoints").glob("*.ckpt"):
-        weights(path)  # every checkpoint file the killed run left loads: none is half-written
-    step_full, full = weights(trained["full"] / "checkpoints" / "last.ckpt")
-    step_resumed, resumed = weights(trained["resumed"] / "checkpoints" / "last.ckpt")
+        read_checkpoint(path)  # every checkpoint file the killed run left loads: none is half-written
+    step_full, full = read_checkpoint(trained["full"] / "checkpoints" / "last.ckpt")
+    step_resumed, resumed = read_checkpoint(trained["resumed"] / "checkpoints" / "last.ckpt")
     assert step_full == step_resumed == STEPS
     assert full.keys() == resumed.keys()
     for key in full:
