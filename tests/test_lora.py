@@ -152,3 +152,48 @@ def test_trained_wan_lora_exports_and_loads_in_the_stock_pipeline(tmp_path):
         ours = tuned(x, torch.tensor([500.0]), text, return_dict=False)[0]
     assert not torch.allclose(before, ours, atol=1e-5)
     torch.testing.assert_close(after, ours, atol=1e-5, rtol=1e-4)
+
+
+def test_lora_base_and_frozen_encoders_in_bf16_are_shared_with_ema_and_train_under_autocast():
+    composed = compose("train", [*TINY, *LORA, "optimizer.warmup_steps=0", "optimizer.ema_decay=0.5"])
+    cfg = {k: OmegaConf.to_container(composed[k], resolve=True) for k in ("model", "guide", "optimizer", "sampler")}
+    method = SFTMethod(**cfg, max_steps=2, frozen_dtype="bfloat16")
+    denoiser, ema = method.backbone.denoiser, dict(method.ema.named_parameters())
+    base = {n: p for n, p in denoiser.named_parameters() if "lora_" not in n}
+    assert base and all(p.dtype == torch.bfloat16 and ema[n] is p for n, p in base.items())
+    assert all(p.dtype == torch.float32 and ema[n] is not p for n, p in lora_parameters(denoiser).items())
+    assert all(p.dtype == torch.bfloat16 for p in method.backbone.prompt_encoder.encoder.parameters())
+    before = {n: p.detach().clone() for n, p in lora_parameters(denoiser).items()}
+    cfg_data = compose("train", [*TINY, *LORA])
+    from anisora.tasks.train import build_datamodule
+
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         precision="bf16-mixed")
+    trainer.fit(method, datamodule=build_datamodule(cfg_data))
+    after = lora_parameters(denoiser)
+    assert any(not torch.equal(after[n], before[n]) for n in after if "lora_B" in n)
+    assert all(p.dtype == torch.float32 for p in after.values())
+
+
+@pytest.mark.parametrize(("setting", "precision", "strategy", "expected"), [
+    ("auto", "bf16-mixed", "single", torch.bfloat16), ("auto", "bf16-mixed", "ddp", torch.bfloat16),
+    ("auto", "bf16-mixed", "fsdp", torch.float32), ("auto", "32-true", "single", torch.float32),
+    ("float32", "bf16-mixed", "single", torch.float32), ("bfloat16", "bf16-mixed", "ddp", torch.bfloat16),
+])
+def test_frozen_dtype_resolves_per_precision_and_strategy(setting, precision, strategy, expected):
+    from anisora.backbones.frozen_dtype import resolve_frozen_dtype
+
+    assert resolve_frozen_dtype(setting, precision, strategy) == expected
+
+
+@pytest.mark.parametrize(("precision", "strategy", "expected"), [
+    ("32-true", "single", "trainer.frozen_dtype: bfloat16 needs accelerator.precision=bf16-mixed (got 32-true)"),
+    ("bf16-mixed", "fsdp", "trainer.frozen_dtype: bfloat16 cannot combine with strategy=fsdp"),
+])
+def test_bf16_frozen_weights_where_they_cannot_work_fail_in_one_line(precision, strategy, expected):
+    from anisora.backbones.frozen_dtype import resolve_frozen_dtype
+
+    with pytest.raises(ConfigError) as info:
+        resolve_frozen_dtype("bfloat16", precision, strategy)
+    assert str(info.value).startswith(expected) and "\n" not in str(info.value)

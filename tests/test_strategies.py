@@ -8,6 +8,7 @@ import importlib.util
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -248,12 +249,47 @@ def test_activation_checkpointing_keeps_gradients():
     plain, none = denoiser_grads("none")
     assert none == [] and plain
     for mode, fraction, expected in (("full", 0.5, [0, 1, 2, 3]), ("selective", 0.5, [0, 2]),
-                                     ("selective", 0.25, [0])):
+                                     ("selective", 0.25, [0]), ("ops", 0.5, [0, 1, 2, 3])):
         grads, picked = denoiser_grads(mode, fraction)
         assert picked == expected
         assert grads.keys() == plain.keys()
         for name in plain:
             torch.testing.assert_close(grads[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def backward_op_counts(mode: str) -> Counter:
+    """aten ops run during one backward pass of the tiny denoiser under `mode` (recomputation shows up here)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from anisora.backbones.base import Conditioning
+
+    class CountOps(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.counts: Counter = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.counts[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    backbone = tiny_backbone()
+    apply_activation_checkpointing(backbone, mode)
+    gen = torch.Generator().manual_seed(3)
+    latent, extra = backbone.latent_channels, backbone.denoiser.config.in_channels - backbone.latent_channels
+    noisy = torch.randn(2, latent, 2, 4, 4, generator=gen)
+    cond = Conditioning(text=torch.randn(2, 8, 16, generator=gen), guide=torch.randn(2, extra, 2, 4, 4, generator=gen))
+    loss = backbone.denoise(noisy, torch.tensor([100.0, 700.0]), cond).square().mean()
+    with CountOps() as counter:
+        loss.backward()
+    return counter.counts
+
+
+def test_ops_checkpointing_recomputes_elementwise_work_but_no_matmul_or_attention():
+    heavy = ("mm", "addmm", "bmm", "_scaled_dot_product_flash_attention_for_cpu")
+    none, ops, full = (backward_op_counts(m) for m in ("none", "ops", "full"))
+    assert sum(full[k] for k in heavy) > sum(none[k] for k in heavy)  # full reruns the matmuls and attention
+    assert all(ops[k] == none[k] for k in heavy), {k: (none[k], ops[k]) for k in heavy}
+    assert sum(ops.values()) > sum(none.values())  # ... while ops reruns only the cheap rest
 
 
 def test_selective_checkpointing_spreads_blocks_and_marks_them():

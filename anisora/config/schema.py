@@ -300,9 +300,10 @@ class TrainerConfig:
     gradient_clip_val: float = bounded(1.0, 0.0)
     accumulate_grad_batches: int = bounded(1, 1)
     deterministic: bool = False
-    activation_checkpointing: str = choice("none", "full", "selective")  # recompute denoiser blocks in backward
+    activation_checkpointing: str = choice("none", "full", "selective", "ops")  # recompute in backward (see conf)
     checkpoint_fraction: float = bounded(0.5, 0.0, 1.0)  # selective: share of blocks recomputed (0.5 = every other)
     sequence_parallel: int = bounded(1, 1)  # ranks that split each sample's sequence (Ulysses); needs strategy=ddp
+    frozen_dtype: str = choice("auto", "float32", "bfloat16")  # LoRA base and frozen encoders (auto: bf16 if mixed)
 
 
 @dataclass

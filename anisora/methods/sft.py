@@ -19,6 +19,7 @@ import torch
 
 from anisora.accelerators.strategies import adamw_class, clip_sharded_gradients
 from anisora.backbones import Conditioning, build_backbone
+from anisora.backbones.frozen_dtype import cast_frozen_weights
 from anisora.diffusion.flow_matching import (
     combine_weights,
     guide_loss_weight,
@@ -40,15 +41,24 @@ NO_GUIDE = "none"  # the stored no-guide conditioning of a cached batch (anisora
 log = logging.getLogger("anisora.train")
 
 
+def ema_copy(denoiser: torch.nn.Module) -> torch.nn.Module:
+    """The EMA denoiser: its own copy of every trainable weight; frozen weights (a LoRA base) are the same
+    Parameter objects as the denoiser's, so EMA under LoRA costs the adapters' size, not a second base model
+    (a checkpoint still lists them under `ema.*`; torch.save stores shared tensors once)."""
+    shared = {id(p): p for p in denoiser.parameters() if not p.requires_grad}
+    return copy.deepcopy(denoiser, memo=shared).requires_grad_(False)
+
+
 class SFTMethod(pl.LightningModule):
     """Flow-matching SFT of any backbone adapter; configs are plain dicts so checkpoints rebuild it."""
 
     def __init__(self, model: dict[str, Any], guide: dict[str, Any], optimizer: dict[str, Any],
                  sampler: dict[str, Any], max_steps: int, data: dict[str, Any] | None = None,
-                 sequence_parallel: int = 1) -> None:
+                 sequence_parallel: int = 1, frozen_dtype: str = "float32") -> None:
         super().__init__()
         self.save_hyperparameters()  # `data` tells infer.py the clip size (and world) it was trained on
         self.backbone = build_backbone(model)
+        cast_frozen_weights(self.backbone, getattr(torch, frozen_dtype))
         objective = model.get("objective", {})
         self.shift = float(objective.get("shift", 1.0))
         self.timestep_sampling = str(objective.get("timestep_sampling", "uniform"))
@@ -61,7 +71,7 @@ class SFTMethod(pl.LightningModule):
         )
         self.sampler_spec = SamplerSpec(**sampler)
         self.ema_decay = float(optimizer.get("ema_decay", 0.0))
-        self.ema = copy.deepcopy(self.backbone.denoiser).requires_grad_(False) if self.ema_decay > 0 else None
+        self.ema = ema_copy(self.backbone.denoiser) if self.ema_decay > 0 else None
         self.log_videos = True  # validation videos go to W&B when a W&B logger is attached
         data = data or {}
         # training on precomputed shards needs no encoder: the frozen ones wait on the CPU (validation borrows them)

@@ -22,6 +22,7 @@ from anisora.accelerators.strategies import StrategySpec, block_types_of, check_
 from anisora.backbones import latent_grid
 from anisora.backbones.base import check_clip_shape
 from anisora.backbones.checkpointing import apply_activation_checkpointing
+from anisora.backbones.frozen_dtype import resolve_frozen_dtype
 from anisora.config.errors import ConfigError
 from anisora.data.datamodule import ShardDataModule, SyntheticDataModule
 from anisora.data.shard_format import expand_urls
@@ -131,9 +132,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 
     sequence_parallel = check_sequence_parallel(cfg.trainer.sequence_parallel, strategy["name"], acc.devices)
     datamodule.sequence_parallel = sequence_parallel
+    frozen = resolve_frozen_dtype(cfg.trainer.frozen_dtype, acc.precision, strategy["name"])
     method = SFTMethod(model=container["model"], guide=container["guide"], optimizer=container["optimizer"],
                        sampler=container["sampler"], max_steps=cfg.trainer.max_steps,
-                       data=container["data"], sequence_parallel=sequence_parallel)
+                       data=container["data"], sequence_parallel=sequence_parallel,
+                       frozen_dtype=str(frozen).removeprefix("torch."))
     method.log_videos = cfg.logger.log_videos and cfg.callbacks.sample_videos
     check_shards_fit(datamodule, method)  # LoRA targets were checked while building: still nothing written
     set_attention_backend(method.backbone.denoiser, cfg.accelerator.attention_backend)
