@@ -30,22 +30,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import backbones  # noqa: E402
 from backbones import NATIVE, PROMPT, ROOT, build, guide_for, timed, warm_up_stages  # noqa: E402
 
-from anisora.accelerators.devices import empty_cache, peak_memory_gib, reset_peak_memory, synchronize  # noqa: E402
+from anisora.accelerators.devices import (  # noqa: E402
+    empty_cache,
+    peak_memory_gib,
+    reset_peak_memory,
+    set_attention_backend,
+    synchronize,
+)
 from anisora.backbones.base import Conditioning  # noqa: E402
 from anisora.diffusion.sampling import SamplerSpec, sample  # noqa: E402
 from anisora.inference.pipeline import offload  # noqa: E402
 from anisora.inference.speedups import SpeedupSpec, apply_speedups  # noqa: E402
 
+AUTO = {"attention": "auto"}  # the accelerator group's default kernel choice (conf/accelerator/gpu.yaml)
 VARIANTS = {  # name -> speedup fields; the order keeps irreversible changes (fp8, lowvram) last
-    "none": {},
+    "none": {},  # PyTorch's default SDPA kernel, nothing else
+    "attention": AUTO,
     "compile": {"compile": True},
     "cache": {"cache": "first_block", "cache_threshold": 0.05},
     "taylorseer": {"cache": "taylorseer"},
     "fastercache": {"cache": "faster"},
-    "lossless": {"compile": True},
+    "lossless": {**AUTO, "compile": True},
     "fp8": {"fp8": True},
-    "fast": {"compile": True, "cache": "first_block", "cache_threshold": 0.05, "fp8": True},
-    "lowvram": {"lowvram": True},
+    "fast": {**AUTO, "compile": True, "cache": "first_block", "cache_threshold": 0.05, "fp8": True},
+    "lowvram": {**AUTO, "lowvram": True},
 }
 LOWVRAM_BUDGET_GIB = 24.0
 
@@ -130,7 +138,8 @@ def run_stock(backbone, g: torch.Tensor, steps: int, device: torch.device) -> di
             tokenizer=backbone.prompt_encoder.tokenizer, text_encoder=backbone.prompt_encoder.encoder,
             image_encoder=backbone.image_encoder.encoder, image_processor=backbone.image_encoder.processor,
             transformer=backbone.denoiser, vae=backbone.codec.vae, scheduler=scheduler)
-        kwargs = {**common, "negative_prompt": "", "guidance_scale": 5.0}
+        kwargs = {**common, "negative_prompt": "", "guidance_scale": 5.0,
+                  "max_sequence_length": backbone.prompt_encoder.max_sequence_length}
     pipe.set_progress_bar_config(disable=True)
     out, seconds, peak = timed(device, pipe, **kwargs)
     frames = out.frames.float().cpu().permute(0, 2, 1, 3, 4)  # (B, F, C, H, W) -> (B, C, F, H, W)
@@ -158,6 +167,7 @@ def reset(backbone) -> None:
         if getattr(module, "_compiled_call_impl", None) is not None:
             module._compiled_call_impl = None
     backbone.cfg_uncond_first = False
+    denoiser.set_attention_backend("native")
 
 
 def main() -> None:
@@ -195,6 +205,8 @@ def main() -> None:
                 total = torch.cuda.get_device_properties(device).total_memory / 2**30
                 torch.cuda.set_per_process_memory_fraction(min(1.0, LOWVRAM_BUDGET_GIB / total), device)
             fields = {**VARIANTS[name], "best_effort": args.smoke}
+            row["attention"] = set_attention_backend(backbone.denoiser, fields.pop("attention", None), device,
+                                                     torch.bfloat16) or "default"
             if args.smoke and fields.get("compile"):
                 fields["compile_backend"] = "aot_eager"
             row["applied"] = apply_speedups(backbone, SpeedupSpec(**fields), device)

@@ -109,3 +109,26 @@ def test_first_block_cache_refuses_a_one_block_model():
                                                ffn_dim=16, text_dim=16, text_layers=1, text_heads=2))
     with pytest.raises(ConfigError, match="^speedup.cache: first_block needs a model with at least 2"):
         apply_speedups(one, SpeedupSpec(cache="first_block"), CPU)
+
+
+@pytest.mark.parametrize(("kind", "capability", "dtype", "expected"), [
+    ("cuda", (9, 0), torch.bfloat16, "_native_cudnn"), ("cuda", (8, 0), torch.bfloat16, "_native_flash"),
+    ("cuda", (7, 5), torch.float16, None), ("cuda", (9, 0), torch.float32, None),
+    ("npu", None, torch.bfloat16, "_native_npu"), ("cpu", None, torch.bfloat16, None),
+])
+def test_auto_attention_picks_the_exact_fused_kernel_per_device(monkeypatch, kind, capability, dtype, expected):
+    import types
+
+    from anisora.accelerators import devices
+
+    monkeypatch.setattr(devices, "compute_capability", lambda device: capability)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)  # no FlashAttention-3 installed
+    assert devices.pick_attention_backend(types.SimpleNamespace(type=kind), dtype) == expected
+
+
+def test_auto_attention_on_the_cpu_keeps_the_default():
+    from anisora.accelerators.devices import set_attention_backend
+
+    backbone = build_tiny_backbone(TinyBackboneSpec())
+    assert set_attention_backend(backbone.denoiser, "auto", torch.device("cpu"), torch.bfloat16) is None
+    assert set_attention_backend(backbone.denoiser, "_native_math") == "_native_math"

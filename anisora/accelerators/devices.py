@@ -46,6 +46,13 @@ def inference_dtype(device: torch.device, precision: str) -> torch.dtype:
     return torch.float32 if device.type == "cpu" else PRECISION_DTYPES.get(precision, torch.float32)
 
 
+def activation_dtype(precision: str) -> torch.dtype:
+    """The dtype attention sees under a Lightning precision setting."""
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    return torch.float16 if precision.startswith("16") else torch.float32
+
+
 def lightning_accelerator(name: str) -> str:
     return {"gpu": "cuda"}.get(name, name)
 
@@ -68,9 +75,31 @@ def trainer_device_kwargs(name: str, devices: Any, strategy: str | Mapping[str, 
             "strategy": build_strategy(spec, name, block_types), "precision": precision, "plugins": []}
 
 
+AUTO_ATTENTION = "auto"
+
+
+def pick_attention_backend(device: torch.device, dtype: torch.dtype) -> str | None:
+    """The fastest exact attention kernel of a device for 16-bit activations: FlashAttention-3 when installed,
+    else cuDNN's fused attention on Hopper and newer; PyTorch's flash kernel on Ampere/Ada; the fused NPU kernel
+    on Ascend; None (PyTorch's own SDPA choice) elsewhere and for fp32, which the fused kernels do not take.
+    Approximate kernels (sage) are never picked: name them yourself."""
+    import importlib.util
+
+    if dtype not in (torch.bfloat16, torch.float16):
+        return None
+    if device.type == "npu":
+        return "_native_npu"
+    capability = compute_capability(device)
+    if capability is None:
+        return None
+    if capability >= (9, 0):
+        return "_flash_3" if importlib.util.find_spec("flash_attn_interface") else "_native_cudnn"
+    return "_native_flash" if capability >= (8, 0) else None
+
+
 def check_attention_backend(name: str | None) -> None:
     """Fail before any model is built on a name diffusers does not know."""
-    if not name:
+    if not name or name == AUTO_ATTENTION:
         return
     from diffusers.models.attention_dispatch import AttentionBackendName
 
@@ -79,14 +108,19 @@ def check_attention_backend(name: str | None) -> None:
         raise ConfigError("accelerator.attention_backend", f"expected one of {', '.join(allowed)}; got {name!r}")
 
 
-def set_attention_backend(denoiser: torch.nn.Module, name: str | None) -> None:
-    """The accelerator group's diffusers attention backend (e.g. `_native_npu` on Ascend); None keeps the default."""
+def set_attention_backend(denoiser: torch.nn.Module, name: str | None, device: torch.device | None = None,
+                          dtype: torch.dtype = torch.float32) -> str | None:
+    """The accelerator group's diffusers attention backend (e.g. `_native_npu` on Ascend); None keeps the default,
+    `auto` picks per device and activation dtype (`pick_attention_backend`). Returns the backend set."""
+    if name == AUTO_ATTENTION:
+        name = pick_attention_backend(device or torch.device("cpu"), dtype)
     if not name:
-        return
+        return None
     check_attention_backend(name)
     if not hasattr(denoiser, "set_attention_backend"):
         raise ConfigError("accelerator.attention_backend", f"{type(denoiser).__name__} is not a diffusers model")
     denoiser.set_attention_backend(name)
+    return name
 
 
 def set_num_threads(num_threads: int | None) -> None:

@@ -36,7 +36,7 @@ class AcceleratorConfig:
     name: str = choice("auto", "cpu", "gpu", "npu")
     devices: Any = 1
     precision: str = choice("32-true", "bf16-mixed", "bf16-true", "16-mixed")
-    attention_backend: Optional[str] = None  # diffusers attention backend name; None keeps the default
+    attention_backend: Optional[str] = None  # diffusers attention backend name; auto: per device; None: default
     num_threads: Optional[int] = bounded(None, 1)  # CPU intra-op threads; None keeps torch's default
 
 

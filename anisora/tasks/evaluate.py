@@ -91,7 +91,8 @@ def generate_benchmark(cfg: DictConfig, ckpt: Path, run_dir: Path) -> list[ClipS
     speedups = SpeedupSpec.from_config(cfg.speedup)
     check_speedups(speedups, device)
     model = load_model(ckpt, device, inference_dtype(device, cfg.accelerator.precision))
-    set_attention_backend(model.backbone.denoiser, cfg.accelerator.attention_backend)
+    set_attention_backend(model.backbone.denoiser, cfg.accelerator.attention_backend, device,
+                          next(model.backbone.denoiser.parameters()).dtype)
     apply_speedups(model.backbone, speedups, device)
     data = model.data
     world = world_from_data(data)

@@ -158,7 +158,8 @@ def infer(cfg: DictConfig, run_dir: Path) -> list[Path]:
     set_num_threads(cfg.accelerator.num_threads)
 
     backbone = load_backbone(cfg, job, device, inference_dtype(device, cfg.accelerator.precision))
-    set_attention_backend(backbone.denoiser, cfg.accelerator.attention_backend)
+    set_attention_backend(backbone.denoiser, cfg.accelerator.attention_backend, device,
+                          next(backbone.denoiser.parameters()).dtype)
     apply_speedups(backbone, speedups, device)
     guide = torch.stack([p[0] for p in pairs])
     mask = torch.stack([p[1] for p in pairs])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -13,7 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from anisora.accelerators.checkpoint_io import AtomicCheckpointIO
 from anisora.accelerators.devices import (
+    activation_dtype,
     check_attention_backend,
+    resolve_device,
     set_attention_backend,
     set_num_threads,
     trainer_device_kwargs,
@@ -116,7 +119,19 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
     return callbacks
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+@dataclass
+class TrainingRun:
+    """Everything `trainer.fit` needs, built and checked (benchmarks/train_throughput.py times exactly this)."""
+
+    trainer: pl.Trainer
+    method: SFTMethod
+    datamodule: SyntheticDataModule
+    resume: Path | None
+
+
+def prepare_training(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Callback] | None = None
+                     ) -> TrainingRun:
+    """Check the config, data and devices, build the method and the Lightning trainer; nothing runs yet."""
     check_data(cfg)
     resume = find_checkpoint(cfg.ckpt_path, Path(cfg.paths.log_dir), "ckpt_path")
     datamodule = build_datamodule(cfg)  # checks shard paths before anything is written or built
@@ -139,7 +154,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                        frozen_dtype=str(frozen).removeprefix("torch."))
     method.log_videos = cfg.logger.log_videos and cfg.callbacks.sample_videos
     check_shards_fit(datamodule, method)  # LoRA targets were checked while building: still nothing written
-    set_attention_backend(method.backbone.denoiser, cfg.accelerator.attention_backend)
+    attention = set_attention_backend(method.backbone.denoiser, acc.attention_backend, resolve_device(acc.name),
+                                      activation_dtype(acc.precision))
     recomputed = apply_activation_checkpointing(method.backbone, cfg.trainer.activation_checkpointing,
                                                 cfg.trainer.checkpoint_fraction)
     if rank_zero_only.rank == 0:  # DDP/FSDP/DeepSpeed ranks > 0 run this script again in the same folder
@@ -149,7 +165,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     params = sum(p.numel() for p in method.backbone.denoiser.parameters())
     trainable = sum(p.numel() for m in method.backbone.trainable_modules() for p in m.parameters() if p.requires_grad)
     log.info("denoiser parameters: %s (trainable: %s); strategy: %s; activation checkpointing: %d blocks; "
-             "run folder: %s", f"{params:,}", f"{trainable:,}", strategy["name"], len(recomputed), run_dir)
+             "attention: %s; run folder: %s", f"{params:,}", f"{trainable:,}", strategy["name"], len(recomputed),
+             attention or "default", run_dir)
 
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),
@@ -165,12 +182,18 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         deterministic=cfg.trainer.deterministic,
         logger=build_loggers(cfg, run_dir) or False,
-        callbacks=build_callbacks(cfg, run_dir),
+        callbacks=[*build_callbacks(cfg, run_dir), *(extra_callbacks or [])],
         plugins=[*device_kwargs["plugins"], AtomicCheckpointIO()],
         enable_progress_bar=cfg.callbacks.progress_bar != "none",
         enable_model_summary=False,
     )
-    trainer.fit(method, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    return TrainingRun(trainer, method, datamodule, resume)
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    run = prepare_training(cfg, run_dir)
+    trainer, resume = run.trainer, run.resume
+    trainer.fit(run.method, datamodule=run.datamodule, ckpt_path=str(resume) if resume else None)
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics["global_step"] = float(trainer.global_step)

@@ -1,0 +1,383 @@
+"""Training throughput of real-size models: seconds per step, tokens/s, model TFLOP/s, MFU and peak memory.
+
+    python benchmarks/train_throughput.py                          # every one-GPU run below
+    python benchmarks/train_throughput.py --runs wan1.3b_ops stock_wan1.3b_gc
+    python benchmarks/train_throughput.py --runs wan1.3b_ddp2      # a multi-GPU run: alone in its process
+    python benchmarks/train_throughput.py --smoke                  # toy sizes on any machine
+
+Each run is `python train.py` as users launch it (Hydra config, `prepare_training`, Lightning fit) on
+precomputed-latent shards written here with random tensors of the model's true shapes (480x832, 81 frames),
+random weights built on the device. A callback times optimizer steps after `--warmup` steps. Model FLOPs per
+step are 3 x the denoiser's forward FLOPs (torch's FlopCounterMode on a meta-device copy, same shapes); MFU is
+against the bf16 matmul peak measured on the same device first. `--memory-cap-gib` (default 79, what an H100
+80GB holds) caps the process with `set_per_process_memory_fraction`, so an H200 answers "does it fit an H100".
+The stock row is diffusers' `WanTransformer3DModel` with its own gradient checkpointing and a plain AdamW step
+in a bare PyTorch loop. Writes benchmarks/results/train_<run>.json per run and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from anisora.accelerators.devices import empty_cache, synchronize  # noqa: E402
+
+CLIP = ["data.num_frames=81", "data.height=480", "data.width=832", "accelerator=gpu"]
+COMMON = ["logger=none", "callbacks.progress_bar=none", "callbacks.sample_videos=false", "callbacks.lr_monitor=false",
+          "callbacks.checkpoint_every_n_steps=100000", "data=shards", "data.batch_size=1",
+          "optimizer.ema_decay=0", "optimizer.warmup_steps=0", "trainer.log_every_n_steps=1000"]
+RUNS: dict[str, list[str]] = {  # name -> train.py overrides (on top of COMMON and CLIP)
+    "wan1.3b_ops": ["model=wan1.3b", "trainer.activation_checkpointing=ops"],
+    "wan1.3b_none": ["model=wan1.3b", "trainer.activation_checkpointing=none"],
+    "wan1.3b_full": ["model=wan1.3b", "trainer.activation_checkpointing=full"],
+    "wan1.3b_ops_sdpa": ["model=wan1.3b", "trainer.activation_checkpointing=ops", "accelerator.attention_backend=null"],
+    "wan14b_lora": ["model=wan14b", "model.lora.rank=32", "model.lora.alpha=32",
+                    "trainer.activation_checkpointing=full"],
+    # two GPUs (nvidia-h200-x2): one run per process, Lightning launches the second rank
+    "wan1.3b_ddp2": ["model=wan1.3b", "trainer.activation_checkpointing=ops", "strategy=ddp", "accelerator.devices=2"],
+    "wan1.3b_fsdp2": ["model=wan1.3b", "trainer.activation_checkpointing=ops", "strategy=fsdp",
+                      "accelerator.devices=2"],
+    "wan14b_fsdp2_full": ["model=wan14b", "trainer.activation_checkpointing=full", "strategy=fsdp",
+                          "accelerator.devices=2"],
+    "wan14b_sp2_lora": ["model=wan14b", "model.lora.rank=32", "model.lora.alpha=32",
+                        "trainer.activation_checkpointing=full", "strategy=ddp", "accelerator.devices=2",
+                        "trainer.sequence_parallel=2"],
+}
+STOCK = {"stock_wan1.3b_gc": "wan1.3b"}
+ONE_GPU = ["wan1.3b_ops", "wan1.3b_none", "wan1.3b_full", "wan1.3b_ops_sdpa", "stock_wan1.3b_gc", "wan14b_lora"]
+SMOKE = ["model.num_layers=2", "model.num_attention_heads=2", "model.attention_head_dim=16", "model.ffn_dim=64",
+         "model.text_dim=32", "model.text_layers=1", "model.text_heads=2", "model.text_ff=32", "model.text_vocab=1",
+         "model.vae_base_dim=8", "model.max_sequence_length=16", "model.image_dim=32", "model.added_kv_proj_dim=32",
+         "model.clip_layers=1", "model.clip_heads=2", "model.clip_ff=32",
+         "data.num_frames=9", "data.height=64", "data.width=64", "accelerator=cpu", "accelerator.precision=bf16-mixed"]
+
+
+# ----------------------------------------------------------------------------- the device's own numbers
+def matmul_peak_tflops(device: torch.device, size: int = 8192, repeats: int = 20) -> float:
+    """Best bf16 dense matmul rate of this device (the MFU denominator), over a few square sizes."""
+    best = 0.0
+    for n in (size // 2, size, size * 2) if device.type == "cuda" else (256,):
+        a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+        b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+        for _ in range(3):
+            a @ b
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        synchronize(device)
+        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12)
+        del a, b
+    return best
+
+
+def attention_kernels(device: torch.device, heads: int, tokens: int, repeats: int = 3) -> list[dict]:
+    """Forward + backward TFLOP/s of each PyTorch SDPA kernel at one Wan self-attention shape (bf16, head dim 128)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    rows = []
+    q, k, v = (torch.randn(1, heads, tokens, 128, device=device, dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    flops = 4 * heads * tokens * tokens * 128 * 3.5  # forward 4BHSSD; backward 2.5x (recomputes scores)
+    for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION),
+                          ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
+        try:
+            with sdpa_kernel([backend]):
+                for i in range(repeats + 1):
+                    if i == 1:
+                        synchronize(device)
+                        start = time.perf_counter()
+                    torch.nn.functional.scaled_dot_product_attention(q, k, v).sum().backward()
+                synchronize(device)
+            seconds = (time.perf_counter() - start) / repeats
+            rows.append({"kernel": name, "heads": heads, "tokens": tokens, "fwd_bwd_s": seconds,
+                         "tflops": flops / seconds / 1e12})
+        except RuntimeError as ex:
+            rows.append({"kernel": name, "heads": heads, "tokens": tokens, "error": str(ex).splitlines()[0][:200]})
+    return rows
+
+
+# ----------------------------------------------------------------------------- inputs
+def input_shapes(model: dict, frames: int, height: int, width: int) -> dict[str, tuple | None]:
+    """Latent, text, guide and image-token shapes of one sample of a Wan model config (VAE x4 time, x8 space)."""
+    latent = (model["out_channels"], (frames - 1) // 4 + 1, height // 8, width // 8)
+    i2v = model.get("variant") == "i2v"
+    return {"latent": latent, "text": (model["max_sequence_length"], model["text_dim"]),
+            "guide": (model["in_channels"] - model["out_channels"], *latent[1:]),
+            "image": (257, model["image_dim"]) if i2v and model.get("image_dim") else None}
+
+
+def write_random_shards(folder: Path, shapes: dict, count: int = 4) -> None:
+    """One shard of `count` samples with the model's true latent, text, guide and image shapes (random bf16), and
+    the dataset-wide tensors beside it: what `anisora-data encode` writes, without encoding anything."""
+    from anisora.data.encode import write_unconditional
+    from anisora.data.shard_format import GUIDE_PREFIX, IMAGE_PREFIX, NO_GUIDE, NULL_TEXT, encode_sample, write_tar
+
+    folder.mkdir(parents=True, exist_ok=True)
+    latent, text, guide, image = shapes["latent"], shapes["text"], shapes["guide"], shapes["image"]
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(shape) -> torch.Tensor:
+        return torch.randn(shape, generator=gen).to(torch.bfloat16)
+
+    parts = {NULL_TEXT: rand(text), f"{GUIDE_PREFIX}{NO_GUIDE}.pth": torch.zeros(guide, dtype=torch.bfloat16)}
+    if image:
+        parts[f"{IMAGE_PREFIX}{NO_GUIDE}.pth"] = torch.zeros(image, dtype=torch.bfloat16)
+    write_unconditional(folder, parts)
+    guided = guide[0] > 0
+    samples = []
+    for i in range(count):
+        meta = {"caption": "a girl turns her head", "latent_shape": list(latent),
+                "guides": [NO_GUIDE, *(["i2v"] if guided else [])]}
+        samples.append((f"{i:09d}", encode_sample(rand(latent), rand(text), {"i2v": rand(guide)} if guided else {},
+                                                  {"i2v": rand(image)} if guided and image else {}, meta)))
+    write_tar(folder / "000000.tar", samples)
+
+
+def forward_flops(model: dict, shapes: dict, batch: int = 1) -> float:
+    """FLOPs of one denoiser forward (matmuls and attention, as torch's FlopCounterMode counts them), on a copy
+    built on the meta device: no memory, the same on one GPU or under FSDP."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from anisora.backbones import Conditioning, build_backbone
+
+    with torch.device("meta"):
+        backbone = build_backbone({**model, "lora": None})
+        noisy = torch.zeros(batch, *shapes["latent"])
+        cond = Conditioning(text=torch.zeros(batch, *shapes["text"]), guide=torch.zeros(batch, *shapes["guide"]),
+                            image=torch.zeros(batch, *shapes["image"]) if shapes["image"] else None)
+        timestep = torch.full((batch,), 500.0)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        backbone.denoise(noisy, timestep, cond)
+    return float(counter.get_total_flops())
+
+
+def compose_run(overrides: list[str], shards: Path, out: Path):
+    """The train.py config for these overrides, with Hydra's runtime fields set as in a real run."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from anisora.config.store import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", [*overrides, f"data.urls={shards}/000000.tar", f"paths.output_dir={out}",
+                                f"paths.log_dir={out}"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):  # a task sees its config without the hydra node, as under @hydra.main
+        del cfg["hydra"]
+    return cfg
+
+
+# ----------------------------------------------------------------------------- timing
+class StepTimer:
+    """Wall time between the ends of consecutive optimizer steps (data loading included), after a warm-up;
+    peak memory is reset when timing starts."""
+
+    def __init__(self, warmup: int) -> None:
+        import lightning.pytorch as pl
+
+        timer = self
+
+        class Callback(pl.Callback):
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+                timer.tick(module.device)
+
+        self.callback, self.warmup, self.times, self.steps = Callback(), warmup, [], 0
+        self.last: float | None = None
+        self.peak_gib = 0.0
+
+    def tick(self, device: torch.device) -> None:
+        synchronize(device)
+        now = time.perf_counter()
+        self.steps += 1
+        if self.steps > self.warmup and self.last is not None:
+            self.times.append(now - self.last)
+        if self.steps == self.warmup and device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        self.last = now
+        if device.type == "cuda":
+            self.peak_gib = torch.cuda.max_memory_allocated(device) / 2**30
+
+
+# ----------------------------------------------------------------------------- runs
+def run_ours(name: str, overrides: list[str], steps: int, warmup: int, cap_gib: float, device: torch.device,
+             smoke: bool) -> dict:
+    """`python train.py <overrides>` on random shards, timed."""
+    from anisora.tasks.train import prepare_training
+
+    work = Path(tempfile.mkdtemp(prefix=f"throughput_{name}_"))
+    clip = SMOKE if smoke else CLIP
+    cfg = compose_run([*COMMON, *overrides, *clip, f"trainer.max_steps={warmup + steps + 1}"], work / "shards",
+                      work / "run")
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    shapes = input_shapes(model, cfg.data.num_frames, cfg.data.height, cfg.data.width)
+    write_random_shards(work / "shards", shapes)
+    timer = StepTimer(warmup)
+    build_start = time.perf_counter()
+    with torch.device(device):  # random weights created where they train (a 14B model in fp32 on a CPU is slow)
+        run = prepare_training(cfg, work / "run", [timer.callback])
+    empty_cache()
+    build_s = time.perf_counter() - build_start
+    limit_memory(device, cap_gib)
+    run.trainer.fit(run.method, datamodule=run.datamodule)
+    sequence_parallel = int(cfg.trainer.sequence_parallel)
+    samples = cfg.data.batch_size * int(cfg.accelerator.devices) // sequence_parallel
+    row = summary(name, timer, build_s, samples)
+    row.update(model_numbers(forward_flops(model, shapes), shapes["latent"], row))
+    row["overrides"] = overrides
+    row["trainable_params_b"] = sum(p.numel() for p in run.method.parameters() if p.requires_grad) / 1e9
+    del run
+    empty_cache()
+    return row
+
+
+def run_stock(name: str, model: str, steps: int, warmup: int, cap_gib: float, device: torch.device,
+              smoke: bool) -> dict:
+    """diffusers' Wan transformer alone: `enable_gradient_checkpointing()`, fp32 weights under bf16 autocast, MSE,
+    a plain AdamW step; the same shapes and random inputs as ours."""
+    from anisora.backbones.wan_loading import WanSpec, build_random_wan
+
+    cfg = compose_run([*COMMON, f"model={model}", *(SMOKE if smoke else CLIP)], Path("/nonexistent"), Path("/tmp"))
+    spec = OmegaConf.to_container(cfg.model, resolve=True)
+    build_start = time.perf_counter()
+    with torch.device(device):
+        backbone = build_random_wan(WanSpec(**{k: v for k, v in spec.items() if k in WanSpec.__dataclass_fields__}))
+    denoiser = backbone.denoiser.train()
+    denoiser.enable_gradient_checkpointing()
+    backbone.prompt_encoder.to("cpu")
+    empty_cache()
+    build_s = time.perf_counter() - build_start
+    limit_memory(device, cap_gib)
+    c, t, h, w = backbone.latent_shape(cfg.data.num_frames, cfg.data.height, cfg.data.width)
+    gen = torch.Generator(device).manual_seed(0)
+    noisy = torch.randn(1, denoiser.config.in_channels, t, h, w, device=device, generator=gen)
+    target = torch.randn(1, c, t, h, w, device=device, generator=gen)
+    text = torch.randn(1, backbone.prompt_encoder.max_sequence_length, denoiser.config.text_dim, device=device,
+                       generator=gen)
+    timestep = torch.tensor([500.0], device=device)
+    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=1e-5)
+    timer = StepTimer(warmup)
+    for _ in range(warmup + steps + 1):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            pred = denoiser(hidden_states=noisy, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
+        torch.nn.functional.mse_loss(pred.float(), target).backward()
+        torch.nn.utils.clip_grad_norm_(denoiser.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        timer.tick(device)
+    row = summary(name, timer, build_s, 1)
+    shapes = input_shapes(spec, cfg.data.num_frames, cfg.data.height, cfg.data.width)
+    row.update(model_numbers(forward_flops(spec, shapes), shapes["latent"], row))
+    row["overrides"] = [f"model={model}", "diffusers enable_gradient_checkpointing()", "torch.optim.AdamW"]
+    row["trainable_params_b"] = sum(p.numel() for p in denoiser.parameters()) / 1e9
+    del backbone, denoiser, optimizer
+    empty_cache()
+    return row
+
+
+def limit_memory(device: torch.device, cap_gib: float) -> None:
+    if device.type != "cuda" or not cap_gib:
+        return
+    empty_cache()
+    total = torch.cuda.get_device_properties(device).total_memory / 2**30
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib / total), device)
+
+
+def summary(name: str, timer: StepTimer, build_s: float, samples_per_step: int) -> dict:
+    times = timer.times
+    step_s = sorted(times)[len(times) // 2] if times else float("nan")  # median: robust to one slow step
+    return {"run": name, "build_s": build_s, "timed_steps": len(times), "step_s": step_s,
+            "step_s_all": times, "peak_gib": timer.peak_gib, "samples_per_step": samples_per_step}
+
+
+def model_numbers(forward: float, latent_shape: tuple, row: dict) -> dict:
+    """Tokens per step and model FLOPs (3 x forward) -> throughput; MFU is filled in by the caller."""
+    _, t, h, w = latent_shape
+    tokens = t * (h // 2) * (w // 2) * row["samples_per_step"]  # Wan's 1x2x2 patches
+    model_flops = 3 * forward * row["samples_per_step"]
+    return {"tokens_per_step": tokens, "tokens_per_s": tokens / row["step_s"], "forward_tflop": forward / 1e12,
+            "model_tflop_per_step": model_flops / 1e12, "model_tflops": model_flops / row["step_s"] / 1e12}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="*", default=None, choices=[*RUNS, *STOCK])
+    parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps per run")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (kernel selection, allocator)")
+    parser.add_argument("--memory-cap-gib", type=float, default=79.0,
+                        help="an H100 80GB holds 79 GiB; 0: the whole device")
+    parser.add_argument("--attention", action="store_true", help="also time each SDPA kernel at Wan's shapes")
+    parser.add_argument("--smoke", action="store_true", help="toy sizes on any device: checks this script")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    if not torch.cuda.is_available() and not args.smoke:
+        sys.exit("benchmarks/train_throughput.py needs a CUDA GPU (or --smoke)")
+    runs = args.runs or ONE_GPU
+    if len(runs) > 1 and any(int(dict(o.split("=", 1) for o in RUNS.get(r, [])).get("accelerator.devices", 1)) > 1
+                             for r in runs):
+        sys.exit("a multi-GPU run re-launches this script per rank: give it alone to --runs")
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    rank = int(os.environ.get("LOCAL_RANK", 0))
+    header = {"date": date.today().isoformat(), "device": torch.cuda.get_device_name(device)
+              if device.type == "cuda" else "cpu", "torch": torch.__version__,
+              "command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]),
+              "memory_cap_gib": args.memory_cap_gib}
+    peak = matmul_peak_tflops(device)
+    header["bf16_matmul_peak_tflops"] = peak
+    if rank == 0:
+        print(json.dumps(header), flush=True)
+    if args.attention and device.type == "cuda" and rank == 0:
+        header["attention_kernels"] = [r for heads in (12, 40) for r in attention_kernels(device, heads, 32760)]
+        for row in header["attention_kernels"]:
+            print(json.dumps(row), flush=True)
+        (args.out / "train_attention_kernels.json").write_text(json.dumps(header, indent=2) + "\n")
+    rows = []
+    for name in runs:
+        try:
+            if name in STOCK:
+                row = run_stock(name, STOCK[name], args.steps, args.warmup, args.memory_cap_gib, device, args.smoke)
+            else:
+                row = run_ours(name, RUNS[name], args.steps, args.warmup, args.memory_cap_gib, device, args.smoke)
+            if "model_tflops" in row:
+                row["mfu"] = row["model_tflops"] / peak
+        except Exception as ex:  # out of memory in one run still reports the others
+            row = {"run": name, "error": f"{type(ex).__name__}: {ex}".splitlines()[0][:300]}
+            empty_cache()
+        if rank != 0:
+            continue
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"train_{name}.json").write_text(json.dumps({**header, **row}, indent=2) + "\n")
+    if rank != 0:
+        return
+    print(f"\n{header['device']}, bf16 matmul peak {peak:.0f} TFLOP/s, memory cap {args.memory_cap_gib:g} GiB")
+    print("| run | s/step | tokens/s | model TFLOP/s | MFU | peak GiB |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        if "error" in row:
+            print(f"| {row['run']} | failed: {row['error']} |")
+            continue
+        print(f"| {row['run']} | {row['step_s']:.2f} | {row['tokens_per_s']:.0f} | {row['model_tflops']:.0f} | "
+              f"{row.get('mfu', math.nan):.1%} | {row['peak_gib']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
