@@ -74,7 +74,7 @@ def build(name: str, device: torch.device, smoke: bool = False):
         else:
             from anisora.backbones.cogvideox import build as build_cogvideox
 
-            skip = ("kind", "objective", "native", "offload_encoders", "defaults", "_target_", "ckpt")
+            skip = ("kind", "objective", "native", "offload_encoders", "lora", "defaults", "_target_", "ckpt")
             backbone = build_cogvideox(dtype=torch.bfloat16, **{k: v for k, v in model.items() if k not in skip})
     return backbone.eval()
 

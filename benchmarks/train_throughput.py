@@ -21,9 +21,11 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
+import traceback
 from datetime import date
 from pathlib import Path
 
@@ -32,6 +34,8 @@ from omegaconf import OmegaConf, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 
 from anisora.accelerators.devices import empty_cache, synchronize  # noqa: E402
 
@@ -231,8 +235,10 @@ def run_ours(name: str, overrides: list[str], steps: int, warmup: int, cap_gib: 
     write_random_shards(work / "shards", shapes)
     timer = StepTimer(warmup)
     build_start = time.perf_counter()
+    limit_memory(device, 0)  # the build may pass the cap for a moment (fp32 weights before the frozen ones shrink)
     with torch.device(device):  # random weights created where they train (a 14B model in fp32 on a CPU is slow)
         run = prepare_training(cfg, work / "run", [timer.callback])
+    run.trainer.callbacks = [c for c in run.trainer.callbacks if not isinstance(c, ModelCheckpoint)]  # no disk IO
     empty_cache()
     build_s = time.perf_counter() - build_start
     limit_memory(device, cap_gib)
@@ -244,6 +250,7 @@ def run_ours(name: str, overrides: list[str], steps: int, warmup: int, cap_gib: 
     row["overrides"] = overrides
     row["trainable_params_b"] = sum(p.numel() for p in run.method.parameters() if p.requires_grad) / 1e9
     del run
+    shutil.rmtree(work, ignore_errors=True)
     empty_cache()
     return row
 
@@ -257,6 +264,7 @@ def run_stock(name: str, model: str, steps: int, warmup: int, cap_gib: float, de
     cfg = compose_run([*COMMON, f"model={model}", *(SMOKE if smoke else CLIP)], Path("/nonexistent"), Path("/tmp"))
     spec = OmegaConf.to_container(cfg.model, resolve=True)
     build_start = time.perf_counter()
+    limit_memory(device, 0)
     with torch.device(device):
         backbone = build_random_wan(WanSpec(**{k: v for k, v in spec.items() if k in WanSpec.__dataclass_fields__}))
     denoiser = backbone.denoiser.train()
@@ -293,11 +301,12 @@ def run_stock(name: str, model: str, steps: int, warmup: int, cap_gib: float, de
 
 
 def limit_memory(device: torch.device, cap_gib: float) -> None:
-    if device.type != "cuda" or not cap_gib:
+    """Cap this process's device memory at `cap_gib` (0: the whole device)."""
+    if device.type != "cuda":
         return
     empty_cache()
     total = torch.cuda.get_device_properties(device).total_memory / 2**30
-    torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib / total), device)
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib / total) if cap_gib else 1.0, device)
 
 
 def summary(name: str, timer: StepTimer, build_s: float, samples_per_step: int) -> dict:
@@ -358,7 +367,9 @@ def main() -> None:
             if "model_tflops" in row:
                 row["mfu"] = row["model_tflops"] / peak
         except Exception as ex:  # out of memory in one run still reports the others
-            row = {"run": name, "error": f"{type(ex).__name__}: {ex}".splitlines()[0][:300]}
+            traceback.print_exc()
+            cause = ex.__cause__ or ex
+            row = {"run": name, "error": f"{type(cause).__name__}: {cause}".splitlines()[0][:300]}
             empty_cache()
         if rank != 0:
             continue
