@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from backbones import NATIVE, build  # noqa: E402
+from report import print_key_values  # noqa: E402
 
 from anisora.accelerators.devices import peak_memory_gib, reset_peak_memory, resolve_device, synchronize  # noqa: E402
 from anisora.data.clip_source import ClipFormat, SourceReader  # noqa: E402
@@ -99,9 +100,7 @@ def main() -> None:
         out = ROOT / "benchmarks" / "results" / "encode.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(row, indent=2) + "\n")
-    width_ = max(len(k) for k in row)
-    for key, value in row.items():
-        print(f"{key:<{width_}}  {value:.3f}" if isinstance(value, float) else f"{key:<{width_}}  {value}")
+    print_key_values(row)
 
 
 if __name__ == "__main__":

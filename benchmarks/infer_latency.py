@@ -31,7 +31,7 @@ import backbones  # noqa: E402
 from backbones import NATIVE, PROMPT, ROOT, build, guide_for, timed, warm_up_stages  # noqa: E402
 
 from anisora.accelerators.devices import (  # noqa: E402
-    empty_cache,
+    cap_memory,
     peak_memory_gib,
     reset_peak_memory,
     set_attention_backend,
@@ -205,10 +205,8 @@ def main() -> None:
     for name in variants:
         row: dict = {"variant": name}
         try:
-            if name == "lowvram" and device.type == "cuda":
-                empty_cache()
-                total = torch.cuda.get_device_properties(device).total_memory / 2**30
-                torch.cuda.set_per_process_memory_fraction(min(1.0, LOWVRAM_BUDGET_GIB / total), device)
+            if name == "lowvram":
+                cap_memory(device, LOWVRAM_BUDGET_GIB)
             fields = {**VARIANTS[name], "best_effort": args.smoke}
             row["attention"] = set_attention_backend(backbone.denoiser, fields.pop("attention", None), device,
                                                      torch.bfloat16) or "default"

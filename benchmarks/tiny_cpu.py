@@ -17,6 +17,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from report import print_key_values  # benchmarks/, the script's own folder
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -43,9 +45,7 @@ def main(extra: list[str]) -> None:
     out = ROOT / "benchmarks" / "results" / "tiny_cpu.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    width = max(len(k) for k in result)
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value:.3f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    print_key_values(result)
 
 
 if __name__ == "__main__":

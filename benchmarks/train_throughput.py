@@ -37,7 +37,13 @@ sys.path.insert(0, str(ROOT))
 
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 
-from anisora.accelerators.devices import empty_cache, synchronize  # noqa: E402
+from anisora.accelerators.devices import (  # noqa: E402
+    cap_memory,
+    empty_cache,
+    peak_memory_gib,
+    reset_peak_memory,
+    synchronize,
+)
 
 CLIP = ["data.num_frames=81", "data.height=480", "data.width=832", "accelerator=gpu"]
 COMMON = ["logger=none", "callbacks.progress_bar=none", "callbacks.sample_videos=false", "callbacks.lr_monitor=false",
@@ -172,18 +178,10 @@ def forward_flops(model: dict, shapes: dict, batch: int = 1) -> float:
 
 def compose_run(overrides: list[str], shards: Path, out: Path):
     """The train.py config for these overrides, with Hydra's runtime fields set as in a real run."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
+    from anisora.config.store import compose_in_process
 
-    from anisora.config.store import register_configs
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", [*overrides, f"data.urls={shards}/000000.tar", f"paths.output_dir={out}",
-                                f"paths.log_dir={out}"], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
+    cfg = compose_in_process(str(ROOT / "conf"), "train", [*overrides, f"data.urls={shards}/000000.tar",
+                                                           f"paths.output_dir={out}", f"paths.log_dir={out}"])
     with open_dict(cfg):  # a task sees its config without the hydra node, as under @hydra.main
         del cfg["hydra"]
     return cfg
@@ -213,11 +211,10 @@ class StepTimer:
         self.steps += 1
         if self.steps > self.warmup and self.last is not None:
             self.times.append(now - self.last)
-        if self.steps == self.warmup and device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        if self.steps == self.warmup:
+            reset_peak_memory(device)
         self.last = now
-        if device.type == "cuda":
-            self.peak_gib = torch.cuda.max_memory_allocated(device) / 2**30
+        self.peak_gib = peak_memory_gib(device)
 
 
 # ----------------------------------------------------------------------------- runs
@@ -235,13 +232,13 @@ def run_ours(name: str, overrides: list[str], steps: int, warmup: int, cap_gib: 
     write_random_shards(work / "shards", shapes)
     timer = StepTimer(warmup)
     build_start = time.perf_counter()
-    limit_memory(device, 0)  # the build may pass the cap for a moment (fp32 weights before the frozen ones shrink)
+    cap_memory(device, 0)  # the build may pass the cap for a moment (fp32 weights before the frozen ones shrink)
     with torch.device(device):  # random weights created where they train (a 14B model in fp32 on a CPU is slow)
         run = prepare_training(cfg, work / "run", [timer.callback])
     run.trainer.callbacks = [c for c in run.trainer.callbacks if not isinstance(c, ModelCheckpoint)]  # no disk IO
     empty_cache()
     build_s = time.perf_counter() - build_start
-    limit_memory(device, cap_gib)
+    cap_memory(device, cap_gib)
     run.trainer.fit(run.method, datamodule=run.datamodule)
     sequence_parallel = int(cfg.trainer.sequence_parallel)
     samples = cfg.data.batch_size * int(cfg.accelerator.devices) // sequence_parallel
@@ -264,7 +261,7 @@ def run_stock(name: str, model: str, steps: int, warmup: int, cap_gib: float, de
     cfg = compose_run([*COMMON, f"model={model}", *(SMOKE if smoke else CLIP)], Path("/nonexistent"), Path("/tmp"))
     spec = OmegaConf.to_container(cfg.model, resolve=True)
     build_start = time.perf_counter()
-    limit_memory(device, 0)
+    cap_memory(device, 0)
     with torch.device(device):
         backbone = build_random_wan(WanSpec(**{k: v for k, v in spec.items() if k in WanSpec.__dataclass_fields__}))
     denoiser = backbone.denoiser.train()
@@ -272,7 +269,7 @@ def run_stock(name: str, model: str, steps: int, warmup: int, cap_gib: float, de
     backbone.prompt_encoder.to("cpu")
     empty_cache()
     build_s = time.perf_counter() - build_start
-    limit_memory(device, cap_gib)
+    cap_memory(device, cap_gib)
     c, t, h, w = backbone.latent_shape(cfg.data.num_frames, cfg.data.height, cfg.data.width)
     gen = torch.Generator(device).manual_seed(0)
     noisy = torch.randn(1, denoiser.config.in_channels, t, h, w, device=device, generator=gen)
@@ -298,15 +295,6 @@ def run_stock(name: str, model: str, steps: int, warmup: int, cap_gib: float, de
     del backbone, denoiser, optimizer
     empty_cache()
     return row
-
-
-def limit_memory(device: torch.device, cap_gib: float) -> None:
-    """Cap this process's device memory at `cap_gib` (0: the whole device)."""
-    if device.type != "cuda":
-        return
-    empty_cache()
-    total = torch.cuda.get_device_properties(device).total_memory / 2**30
-    torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib / total) if cap_gib else 1.0, device)
 
 
 def summary(name: str, timer: StepTimer, build_s: float, samples_per_step: int) -> dict:

@@ -55,19 +55,9 @@ def run_entry(script: str, *overrides: str, log_dir: Path, run_dir: Path | None 
 
 def compose(config_name: str, overrides: list[str]):
     """Compose a primary config in-process, with Hydra's runtime fields set like a real run."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
+    from anisora.config.store import compose_in_process
 
-    from anisora.config.store import register_configs
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose_in_process(str(ROOT / "conf"), config_name, overrides)
 
 
 def list_files(folder: Path) -> list[Path]:

@@ -47,10 +47,8 @@ def inference_dtype(device: torch.device, precision: str) -> torch.dtype:
 
 
 def activation_dtype(precision: str) -> torch.dtype:
-    """The dtype attention sees under a Lightning precision setting."""
-    if precision.startswith("bf16"):
-        return torch.bfloat16
-    return torch.float16 if precision.startswith("16") else torch.float32
+    """The dtype attention sees under a Lightning precision setting (on any device, unlike `inference_dtype`)."""
+    return PRECISION_DTYPES.get(precision, torch.float32)
 
 
 def lightning_accelerator(name: str) -> str:
@@ -144,6 +142,16 @@ def peak_memory_gib(device: torch.device) -> float:
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+
+
+def cap_memory(device: torch.device, gib: float) -> None:
+    """Let this process allocate at most `gib` GiB of a CUDA device (0: all of it), after returning cached blocks:
+    a large GPU answers whether a run fits a smaller one. A no-op elsewhere."""
+    if device.type != "cuda":
+        return
+    empty_cache()
+    total = torch.cuda.get_device_properties(device).total_memory / 2**30
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib / total) if gib else 1.0, device)
 
 
 def compute_capability(device: torch.device) -> tuple[int, int] | None:

@@ -27,8 +27,10 @@ MODES = ("none", "full", "selective", "ops")
 FLAG = "anisora_checkpoint"  # set on a block that is recomputed in backward
 
 
+@functools.cache
 def _compute_heavy_ops() -> frozenset:
-    """The aten ops whose outputs `ops` keeps: matrix products and every fused attention kernel."""
+    """The aten ops whose outputs `ops` keeps: matrix products and every fused attention kernel (built once: the
+    policy asks for every op of every recomputed block)."""
     aten = torch.ops.aten
     names = ("mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product_flash_attention",
              "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",

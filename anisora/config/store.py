@@ -24,3 +24,18 @@ def register_configs() -> None:
     cs.store(group="model", name="wan_schema", node=schema.WanModelConfig)
     cs.store(group="model", name="cogvideox5b_schema", node=schema.CogVideoXModelConfig)
     _REGISTERED = True
+
+
+def compose_in_process(config_dir: str, config_name: str, overrides: list[str]):
+    """A primary config composed without @hydra.main (tests, benchmarks), with Hydra's runtime fields set as in
+    a real run so that interpolations such as `${hydra:runtime.cwd}` resolve; the result keeps its `hydra` node."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
