@@ -89,8 +89,11 @@ def timed(device: torch.device, fn, *args, **kwargs):
 
 
 def guide_for(frames: int, height: int, width: int, device: torch.device):
+    """A random first frame on 8-bit levels (so the PIL image a stock pipeline takes holds exactly these
+    values) and its i2v mask."""
     g = torch.zeros(1, 3, frames, height, width, device=device)
-    g[:, :, 0] = torch.rand(1, 3, height, width, device=device) * 2 - 1
+    levels = torch.randint(0, 256, (1, 3, height, width), device=device)
+    g[:, :, 0] = levels.float() / 255 * 2 - 1
     m = torch.zeros(1, frames, height, width, device=device)
     m[:, 0] = 1
     return g, m

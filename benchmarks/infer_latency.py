@@ -12,6 +12,15 @@ DiT seconds per step, VAE decode seconds, peak GPU memory, and fidelity to the s
 decoded frames and relative L2 of the final latents. Speed-ups that change weights (fp8) or placement
 (lowvram) run last; lowvram runs under a 24 GiB per-process memory cap. Writes
 benchmarks/results/infer_<model>.json and prints a table.
+
+    torchrun --nproc-per-node 2 benchmarks/infer_latency.py --context-parallel 2 --variants lossless
+
+splits each variant's video over the launch's GPUs (Ulysses); rank 0 reports. `--save-latents DIR` keeps each
+row's final latents, `--reference NAME=FILE` measures every row's fidelity to latents another run saved (decoded
+here), and `--merge A.json B.json` joins the rows of runs made side by side (stock on one GPU, the variants on
+another: the same seeded weights, printed as a checksum) into one table with speed-ups against stock and, for
+context-parallel rows, against the same variant on one GPU. `--check-inputs` compares the first DiT call of the
+stock pipeline and of this framework, input by input, and exits.
 """
 
 from __future__ import annotations
@@ -53,9 +62,11 @@ VARIANTS = {  # name -> speedup fields; the order keeps irreversible changes (fp
     "lossless": {**AUTO, "compile": True},
     "fp8": {"fp8": True},
     "fast": {**AUTO, "compile": True, "cache": "first_block", "cache_threshold": 0.05, "fp8": True},
+    "fast_taylorseer": {**AUTO, "cache": "taylorseer", "fp8": True},  # fixed cache schedule, no compile warm-up
     "lowvram": {**AUTO, "lowvram": True},
 }
 LOWVRAM_BUDGET_GIB = 24.0
+STOCK = "stock diffusers"  # the row of diffusers' own pipeline
 
 
 def sampler_for(backbone, steps: int) -> SamplerSpec:
@@ -158,6 +169,26 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
+def fidelity(ours: dict, ref: dict, label: str) -> dict[str, float]:
+    """PSNR of decoded frames and relative L2 of final latents against another output."""
+    return {f"psnr_to_{label}_db": psnr(ours["frames"], ref["frames"]),
+            f"latent_rel_l2_to_{label}": rel_l2(ours["latents"], ref["latents"])}
+
+
+def decoded(backbone, latents: torch.Tensor, frames: int, device: torch.device) -> dict:
+    """Frames in [0, 1] of latents saved by another run, decoded by this run's VAE."""
+    decode = {"num_frames": frames} if backbone.objective == "v_pred" else {}
+    dtype = next(backbone.codec.parameters()).dtype
+    with torch.no_grad():
+        pixels = backbone.decode_latents(latents.to(device, dtype), **decode)
+    return {"latents": latents.float().cpu(), "frames": ((pixels.float().clamp(-1, 1) + 1) / 2).cpu()}
+
+
+def weights_checksum(module: torch.nn.Module) -> float:
+    """A float that identifies the random weights, so runs in separate processes can show they share them."""
+    return float(sum(p.detach().float().abs().sum() for p in module.parameters()))
+
+
 def reset(backbone) -> None:
     """Undo the reversible speed-ups (hooks, compiled blocks) between rows."""
     denoiser = backbone.denoiser
@@ -170,6 +201,142 @@ def reset(backbone) -> None:
     denoiser.set_attention_backend("native")
 
 
+def check_inputs(backbone, g: torch.Tensor, m: torch.Tensor, device: torch.device) -> None:
+    """One step of the stock pipeline and of this framework, each stopped at its first DiT call: the relative
+    difference of every input (and, for the hidden states, of each channel that differs), then of the outputs."""
+    calls: list[tuple[dict, torch.Tensor]] = []
+
+    class FirstCall(Exception):
+        pass
+
+    def grab(module, args, kwargs, output):
+        calls.append(({k: v for k, v in kwargs.items()}, output[0] if isinstance(output, tuple) else output))
+        raise FirstCall
+
+    handle = backbone.denoiser.register_forward_hook(grab, with_kwargs=True)
+    for run in (lambda: run_stock(backbone, g, 1, device), lambda: run_ours(backbone, g, m, 1, device)):
+        try:
+            run()
+        except FirstCall:
+            pass
+    handle.remove()
+    (stock_in, stock_out), (ours_in, ours_out) = calls
+    half = slice(None)  # Wan's stock pipeline calls the DiT once per CFG branch (conditional first); ours batches
+    if stock_out.shape[0] < ours_out.shape[0]:
+        halves = [slice(i, i + stock_out.shape[0]) for i in range(0, ours_out.shape[0], stock_out.shape[0])]
+        half = min(halves, key=lambda h: rel_l2(ours_in["hidden_states"][h].float(), stock_in["hidden_states"].float())
+                   + rel_l2(ours_in["encoder_hidden_states"][h].float(), stock_in["encoder_hidden_states"].float()))
+        print(f"stock's first DiT call is compared with batch rows {half.start}:{half.stop} of ours")
+        ours_out = ours_out[half]
+    for key, a in stock_in.items():
+        b = ours_in.get(key)
+        if isinstance(b, torch.Tensor) and isinstance(a, torch.Tensor) and b.shape[0] != a.shape[0]:
+            b = b[half]
+        if isinstance(a, tuple):
+            for i, (x, y) in enumerate(zip(a, b)):
+                print(f"{key}[{i}]  rel {rel_l2(y.float(), x.float()):.3g}")
+        elif isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape:
+            print(f"{key}  {tuple(a.shape)} {a.dtype} vs {b.dtype}  rel {rel_l2(b.float(), a.float()):.3g}")
+            if key == "hidden_states":
+                channel_dim = 2 if backbone.objective == "v_pred" else 1
+                x, y = a.float().movedim(channel_dim, 0), b.float().movedim(channel_dim, 0)
+                rels = [rel_l2(y[c], x[c]) for c in range(x.shape[0])]
+                print("  channels that differ (rel > 1e-3):", {c: round(r, 4) for c, r in enumerate(rels) if r > 1e-3})
+        else:
+            print(f"{key}  stock {a if not isinstance(a, torch.Tensor) else tuple(a.shape)}  ours "
+                  f"{b if not isinstance(b, torch.Tensor) else tuple(b.shape)}")
+    print(f"output  rel {rel_l2(ours_out.float(), stock_out.float()):.3g}")
+    with torch.no_grad():
+        again = backbone.denoiser(**stock_in)
+    again = again[0] if isinstance(again, tuple) else again.sample
+    print(f"ours on stock's inputs vs stock output  rel {rel_l2(again.float(), stock_out.float()):.3g}")
+
+
+def print_table(report: dict) -> None:
+    f, h, w = report["clip"]
+    print(f"\n{report['model']} {f}x{h}x{w}, {report['steps']} steps, {report['device']}")
+    refs = sorted({k[len("psnr_to_"):-len("_db")] for row in report["rows"] for k in row
+                   if k.startswith("psnr_to_") and k not in ("psnr_to_stock_db", "psnr_to_none_db")})
+    extra = "".join(f" | PSNR to {r} dB" for r in refs)
+    print("| variant | total s | vs stock | vs one GPU | DiT s/step | VAE decode s | peak GiB | PSNR to stock dB "
+          f"| latent rel L2 | PSNR to none dB | latent rel L2 to none{extra} |")
+    print("|---" * (11 + len(refs)) + "|")
+    for row in report["rows"]:
+        if "error" in row:
+            print(f"| {row['variant']} | failed: {row['error']} |")
+            continue
+        vs_stock = row.get("speedup_vs_stock", 1.0 if row["variant"] == STOCK else float("nan"))
+        cells = [f"{row['total_s']:.1f}", f"{vs_stock:.2f}x",
+                 f"{row['speedup_vs_one_gpu']:.2f}x" if "speedup_vs_one_gpu" in row else "",
+                 f"{row.get('dit_step_s', float('nan')):.2f}", f"{row.get('vae_decode_s', float('nan')):.2f}",
+                 f"{row['peak_gib']:.1f}", f"{row.get('psnr_to_stock_db', float('nan')):.1f}",
+                 f"{row.get('latent_rel_l2_to_stock', float('nan')):.4f}",
+                 f"{row.get('psnr_to_none_db', float('nan')):.1f}",
+                 f"{row.get('latent_rel_l2_to_none', float('nan')):.4f}"]
+        cells += [f"{row.get(f'psnr_to_{r}_db', float('nan')):.1f}" for r in refs]
+        print(f"| {row['variant']} | " + " | ".join(cells) + " |")
+
+
+def add_ratios(report: dict) -> None:
+    """Speed-up of every row over the stock row, and of a context-parallel row over its one-GPU variant."""
+    rows = {row["variant"]: row for row in report["rows"] if "total_s" in row}
+    stock = rows.get(STOCK)
+    for name, row in rows.items():
+        if stock is not None and row is not stock:
+            row["speedup_vs_stock"] = stock["total_s"] / row["total_s"]
+        single = rows.get(name.split("+cp")[0]) if "+cp" in name else None
+        if single is not None:
+            row["speedup_vs_one_gpu"] = single["total_s"] / row["total_s"]
+
+
+def stem(variant: str) -> str:
+    return "stock" if variant == STOCK else variant
+
+
+def save_output(output: dict, folder: Path, variant: str) -> None:
+    """Final latents (float32, `<variant>.pt`, what --reference reads) and decoded frames (float16,
+    `<variant>.frames.pt`, what --merge compares across runs)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(output["latents"], folder / f"{stem(variant)}.pt")
+    torch.save(output["frames"].half(), folder / f"{stem(variant)}.frames.pt")
+
+
+def merge(paths: list[Path], out_path: Path) -> None:
+    """Join the rows of runs made side by side into one report; rows that have no fidelity to stock or to
+    `none` yet get it from the outputs the runs saved (--save-latents). The runs must share model, clip,
+    steps and weights."""
+    reports = [json.loads(p.read_text()) for p in paths]
+    first = reports[0]
+    for other in reports[1:]:
+        for key in ("model", "clip", "steps", "weights_checksum"):
+            if other.get(key) != first.get(key):
+                sys.exit(f"--merge: {key} differs between the runs ({first.get(key)} vs {other.get(key)})")
+    merged = {**first, "commands": [r["command"] for r in reports], "rows": [row for r in reports for row in r["rows"]]}
+    merged.pop("command", None)
+    saved = {}
+    for report in reports:
+        for row in report["rows"]:
+            folder = Path(report.get("saved_to") or "/nonexistent")
+            if (folder / f"{stem(row['variant'])}.frames.pt").is_file():
+                saved[row["variant"]] = folder / stem(row["variant"])
+
+    def load(variant: str) -> dict:
+        base = saved[variant]
+        return {"latents": torch.load(f"{base}.pt"), "frames": torch.load(f"{base}.frames.pt").float()}
+
+    for label, variant in (("stock", STOCK), ("none", "none")):
+        if variant not in saved:
+            continue
+        ref = load(variant)
+        for row in merged["rows"]:
+            if row["variant"] in saved and row["variant"] not in (STOCK, variant) and f"psnr_to_{label}_db" not in row:
+                row.update(fidelity(load(row["variant"]), ref, label))
+    add_ratios(merged)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(merged, indent=2) + "\n")
+    print_table(merged)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="wan14b", choices=["wan14b", "cogvideox5b"])
@@ -177,33 +344,86 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=None, choices=list(VARIANTS))
     parser.add_argument("--no-stock", action="store_true", help="skip stock diffusers (e.g. a second process for "
                         "lowvram, whose offloading hooks stay on the model)")
+    parser.add_argument("--context-parallel", type=int, default=1, metavar="N",
+                        help="under torchrun with N processes: every variant splits the video over them")
+    parser.add_argument("--save-latents", type=Path, default=None, metavar="DIR",
+                        help="write each row's final latents to DIR/<variant>.pt")
+    parser.add_argument("--reference", action="append", default=[], metavar="NAME=FILE",
+                        help="latents another run saved: every row's fidelity to them (decoded here)")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                        help="join the result files of runs made side by side into --out, then exit")
+    parser.add_argument("--check-inputs", action="store_true",
+                        help="compare the first DiT call of stock and ours input by input, then exit")
     parser.add_argument("--smoke", action="store_true", help="toy sizes on any device: checks this script")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.out or ROOT / "benchmarks" / "results" / f"infer_{args.model}.json")
+        return
+    references = {}
+    for item in args.reference:
+        name, sep, file = item.partition("=")
+        if not sep or not Path(file).is_file():
+            sys.exit(f"--reference {item}: expected NAME=FILE with an existing latents file (--save-latents)")
+        references[name] = Path(file)
     if not torch.cuda.is_available() and not args.smoke:
         sys.exit("benchmarks/infer_latency.py needs a CUDA GPU (or --smoke)")
-    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    main_process = True
+    if args.context_parallel > 1:
+        from anisora.accelerators.distributed import init_process_group, require_world
+
+        place = require_world(args.context_parallel, "--context-parallel")
+        device = torch.device("cuda", place.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        init_process_group(device)
+        main_process = place.is_main
+        args.no_stock = True
+    else:
+        device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     steps = args.steps or (50 if args.model == "cogvideox5b" else 40)
-    variants = args.variants or [v for v in VARIANTS if v != "fastercache" or args.model == "cogvideox5b"]
+    variants = args.variants if args.variants is not None else [
+        v for v in VARIANTS if v != "fastercache" or args.model == "cogvideox5b"]
     out_path = args.out or ROOT / "benchmarks" / "results" / f"infer_{args.model}.json"
     f, h, w = (9, 64, 64) if args.smoke else NATIVE[args.model]
     backbones.SMOKE["num_layers"] = 2  # (smoke only) First-Block-Cache needs a block after the first
     backbone = build(args.model, device, args.smoke)
     if hasattr(backbone.prompt_encoder, "empty_prompt"):
         backbone.prompt_encoder.empty_prompt = "encode"  # the stock pipeline encodes "" (AniSora V1: zeros)
+    torch.manual_seed(0)
     g, m = guide_for(f, h, w, device)
     warm_up_stages(backbone, g, m)
+    if args.check_inputs:
+        check_inputs(backbone, g, m, device)
+        return
     report = {"date": date.today().isoformat(), "device": torch.cuda.get_device_name(device) if device.type == "cuda"
               else "cpu", "torch": torch.__version__, "model": args.model, "clip": [f, h, w], "steps": steps,
-              "command": "python benchmarks/infer_latency.py " + " ".join(sys.argv[1:]), "rows": []}
-    stock = None if args.no_stock else run_stock(backbone, g, steps, device)
-    if stock is not None:
-        report["rows"].append({"variant": "stock diffusers", "total_s": stock["total_s"],
-                               "peak_gib": stock["peak_gib"]})
-        print(json.dumps(report["rows"][-1]), flush=True)
-    plain = None  # this framework's output without speed-ups: what each speed-up's own fidelity is measured against
+              "gpus": args.context_parallel, "weights_checksum": weights_checksum(backbone.denoiser),
+              "command": "python benchmarks/infer_latency.py " + " ".join(sys.argv[1:]),
+              "saved_to": str(args.save_latents.resolve()) if args.save_latents else None, "rows": []}
+    if main_process:
+        print(f"weights checksum {report['weights_checksum']:.6e}", flush=True)
+    refs = {name: decoded(backbone, torch.load(file), f, device) for name, file in references.items()}
+    if args.context_parallel > 1:
+        from anisora.inference.speedups import context_parallel
+
+        context_parallel.enable(backbone.denoiser, args.context_parallel)
+    suffix = f"+cp{args.context_parallel}" if args.context_parallel > 1 else ""
+    outputs: dict[str, dict] = {}
+
+    def write() -> None:
+        if main_process:
+            add_ratios(report)
+            print(json.dumps(report["rows"][-1]), flush=True)
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            out_path.write_text(json.dumps(report, indent=2) + "\n")
+
+    if not args.no_stock:
+        outputs[STOCK] = stock = run_stock(backbone, g, steps, device)
+        report["rows"].append({"variant": STOCK, **{k: stock[k] for k in ("total_s", "peak_gib")}})
+        write()
+        if main_process and args.save_latents is not None:
+            save_output(stock, args.save_latents, STOCK)
     for name in variants:
-        row: dict = {"variant": name}
+        row: dict = {"variant": name + suffix}
         try:
             if name == "lowvram":
                 cap_memory(device, LOWVRAM_BUDGET_GIB)
@@ -215,39 +435,25 @@ def main() -> None:
             row["applied"] = apply_speedups(backbone, SpeedupSpec(**fields), device)
             if fields.get("compile"):
                 run_ours(backbone, g, m, 1, device)  # compile warm-up, not timed
-            ours = run_ours(backbone, g, m, steps, device, offload_encoders=name == "lowvram")
-            row.update({k: v for k, v in ours.items() if k not in ("frames", "latents")})
-            if stock is not None:
-                row["speedup_vs_stock"] = stock["total_s"] / ours["total_s"]
-                row["psnr_to_stock_db"] = psnr(ours["frames"], stock["frames"])
-                row["latent_rel_l2_to_stock"] = rel_l2(ours["latents"], stock["latents"])
-            if name == "none":
-                plain = ours
-            elif plain is not None:
-                row["psnr_to_none_db"] = psnr(ours["frames"], plain["frames"])
-                row["latent_rel_l2_to_none"] = rel_l2(ours["latents"], plain["latents"])
+            outputs[name] = run_ours(backbone, g, m, steps, device, offload_encoders=name == "lowvram")
         except Exception as ex:  # one variant's failure (out of memory, missing kernel) still reports the rest
             row["error"] = f"{type(ex).__name__}: {ex}".splitlines()[0][:300]
         reset(backbone)
-        report["rows"].append(row)
-        print(json.dumps(row), flush=True)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\n{args.model} {f}x{h}x{w}, {steps} steps, {report['device']}")
-    print("| variant | total s | vs stock | DiT s/step | VAE decode s | peak GiB | PSNR to stock dB | latent rel L2 "
-          "| PSNR to none dB | latent rel L2 to none |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for row in report["rows"]:
-        if "error" in row:
-            print(f"| {row['variant']} | failed: {row['error']} |")
-            continue
-        cells = [f"{row['total_s']:.1f}", f"{row.get('speedup_vs_stock', 1.0):.2f}x",
-                 f"{row.get('dit_step_s', float('nan')):.2f}", f"{row.get('vae_decode_s', float('nan')):.2f}",
-                 f"{row['peak_gib']:.1f}", f"{row.get('psnr_to_stock_db', float('nan')):.1f}",
-                 f"{row.get('latent_rel_l2_to_stock', float('nan')):.4f}",
-                 f"{row.get('psnr_to_none_db', float('nan')):.1f}",
-                 f"{row.get('latent_rel_l2_to_none', float('nan')):.4f}"]
-        print(f"| {row['variant']} | " + " | ".join(cells) + " |")
+        report["rows"].append(record(row, outputs[name], outputs, refs) if name in outputs else row)
+        write()
+        if main_process and args.save_latents is not None and name in outputs:
+            save_output(outputs[name], args.save_latents, name + suffix)
+    if main_process:
+        print_table(report)
+
+
+def record(row: dict, ours: dict, outputs: dict[str, dict], refs: dict[str, dict]) -> dict:
+    """A variant's row: its timings and its fidelity to stock, to `none` and to each reference."""
+    row = {**row, **{k: v for k, v in ours.items() if k not in ("frames", "latents")}}
+    for label, other in (("stock", outputs.get(STOCK)), ("none", outputs.get("none")), *refs.items()):
+        if other is not None and other is not ours:
+            row.update(fidelity(ours, other, label))
+    return row
 
 
 if __name__ == "__main__":

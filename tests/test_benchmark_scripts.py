@@ -39,3 +39,33 @@ def test_backbone_and_latency_benchmarks_smoke_for_cogvideox(tmp_path):
     rows = {r["variant"]: r for r in json.loads((tmp_path / "infer.json").read_text())["rows"]}
     assert set(rows) == {"stock diffusers", "none", "fastercache"} and "error" not in rows["fastercache"]
     assert rows["none"]["psnr_to_stock_db"] > 35 and "psnr_to_none_db" in rows["fastercache"]
+
+
+def test_latency_benchmark_joins_side_by_side_runs_and_splits_a_video_over_two_processes(tmp_path):
+    """Stock and `none` in one run, the same variant split over two gloo processes in another (fidelity to
+    the first run's saved latents), then --merge: speed-ups against stock and against one process."""
+    common = ["--smoke", "--model", "wan14b", "--steps", "2"]
+    done = run_script(["benchmarks/infer_latency.py", *common, "--variants", "none", "--save-latents",
+                       str(tmp_path / "one"), "--out", str(tmp_path / "one.json")])
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_script(["-m", "torch.distributed.run", "--nproc-per-node", "2", "benchmarks/infer_latency.py", *common,
+                       "--context-parallel", "2", "--variants", "none", "--reference",
+                       f"none={tmp_path / 'one' / 'none.pt'}", "--out", str(tmp_path / "cp.json")])
+    assert done.returncode == 0, done.stderr[-2000:]
+    split = json.loads((tmp_path / "cp.json").read_text())["rows"][0]
+    assert split["variant"] == "none+cp2" and split["psnr_to_none_db"] > 35, split
+    done = run_script(["benchmarks/infer_latency.py", "--merge", str(tmp_path / "one.json"), str(tmp_path / "cp.json"),
+                       "--out", str(tmp_path / "merged.json")])
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "merged.json").read_text())["rows"]}
+    assert set(rows) == {"stock diffusers", "none", "none+cp2"}
+    assert rows["none+cp2"]["speedup_vs_one_gpu"] == rows["none"]["total_s"] / rows["none+cp2"]["total_s"]
+    assert "speedup_vs_stock" in rows["none+cp2"] and rows["none"]["psnr_to_stock_db"] > 35
+
+
+def test_latency_benchmark_compares_the_first_dit_call_input_by_input():
+    done = run_script(["benchmarks/infer_latency.py", "--smoke", "--model", "cogvideox5b", "--check-inputs"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = dict(line.split("  ", 1) for line in done.stdout.splitlines() if "  " in line and not line.startswith(" "))
+    assert {"hidden_states", "encoder_hidden_states", "timestep", "output"} <= set(lines)
+    assert done.stdout.splitlines()[-1].endswith("rel 0")  # ours on the stock inputs gives the stock output

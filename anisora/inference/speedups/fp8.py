@@ -20,12 +20,20 @@ def unavailable(device: torch.device) -> str | None:
     return None
 
 
-def quantize(denoiser: nn.Module) -> None:
-    """Every Linear inside the transformer blocks becomes float8 (embeddings and the output head stay bf16)."""
+QUANTIZED = "_anisora_fp8"  # set on a denoiser whose blocks hold float8 weights
+
+
+def quantize(denoiser: nn.Module) -> bool:
+    """Every Linear inside the transformer blocks becomes float8 (embeddings and the output head stay bf16).
+    Quantising is one-way; a denoiser already quantised is left as it is (returns False)."""
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
     from anisora.inference.speedups.compile import repeated_blocks
 
+    if getattr(denoiser, QUANTIZED, False):
+        return False
     config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
     for block in repeated_blocks(denoiser):
         quantize_(block, config)
+    setattr(denoiser, QUANTIZED, True)
+    return True
