@@ -50,6 +50,7 @@ from anisora.backbones.base import Conditioning  # noqa: E402
 from anisora.diffusion.sampling import SamplerSpec, sample  # noqa: E402
 from anisora.inference.pipeline import offload  # noqa: E402
 from anisora.inference.speedups import SpeedupSpec, apply_speedups  # noqa: E402
+from anisora.inference.speedups.compile import uncompile_blocks  # noqa: E402
 
 AUTO = {"attention": "auto"}  # the accelerator group's default kernel choice (conf/accelerator/gpu.yaml)
 VARIANTS = {  # name -> speedup fields; the order keeps irreversible changes (fp8, lowvram) last
@@ -62,7 +63,8 @@ VARIANTS = {  # name -> speedup fields; the order keeps irreversible changes (fp
     "lossless": {**AUTO, "compile": True},
     "fp8": {"fp8": True},
     "fast": {**AUTO, "compile": True, "cache": "first_block", "cache_threshold": 0.05, "fp8": True},
-    "fast_taylorseer": {**AUTO, "cache": "taylorseer", "fp8": True},  # fixed cache schedule, no compile warm-up
+    "fast_cache0.1": {**AUTO, "compile": True, "cache": "first_block", "cache_threshold": 0.1, "fp8": True},
+    "fast_taylorseer": {**AUTO, "cache": "taylorseer", "fp8": True},  # (block outputs: > 139 GiB on Wan-14B)
     "lowvram": {**AUTO, "lowvram": True},
 }
 LOWVRAM_BUDGET_GIB = 24.0
@@ -194,9 +196,7 @@ def reset(backbone) -> None:
     denoiser = backbone.denoiser
     if getattr(denoiser, "is_cache_enabled", False):
         denoiser.disable_cache()
-    for module in denoiser.modules():
-        if getattr(module, "_compiled_call_impl", None) is not None:
-            module._compiled_call_impl = None
+    uncompile_blocks(denoiser)
     backbone.cfg_uncond_first = False
     denoiser.set_attention_backend("native")
 

@@ -132,3 +132,23 @@ def test_auto_attention_on_the_cpu_keeps_the_default():
     backbone = build_tiny_backbone(TinyBackboneSpec())
     assert set_attention_backend(backbone.denoiser, "auto", torch.device("cpu"), torch.bfloat16) is None
     assert set_attention_backend(backbone.denoiser, "_native_math") == "_native_math"
+
+
+def test_compiled_blocks_under_a_step_cache_compile_once_and_uncompile():
+    """The cache's hooks wrap the compiled block forward instead of being traced into it: one compilation
+    serves every block and every skip/compute decision (traced in, each block and decision recompiled)."""
+    from torch._dynamo.utils import counters
+
+    from anisora.inference.speedups.compile import uncompile_blocks
+
+    backbone = build_tiny_backbone(TinyBackboneSpec(num_layers=4, num_attention_heads=2, attention_head_dim=8,
+                                                    ffn_dim=16, text_dim=16, text_layers=1, text_heads=2)).eval()
+    torch._dynamo.reset()
+    counters.clear()
+    apply_speedups(backbone, SpeedupSpec(compile=True, compile_backend="eager", cache="first_block",
+                                         cache_threshold=0.5), CPU)
+    generate_pixels(backbone, PROMPT, *guide(), [1], SPEC)
+    assert counters["frames"]["ok"] == 1
+    backbone.denoiser.disable_cache()
+    uncompile_blocks(backbone.denoiser)
+    assert all("forward" not in vars(block) for block in backbone.denoiser.blocks)

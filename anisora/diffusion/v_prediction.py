@@ -7,7 +7,8 @@ AniSora V1 trains with.
 
 The sampling loop follows diffusers' CogVideoXImageToVideoPipeline step for step (same schedulers, the same
 `scheduler.step` calls, the same CFG formula including its optional dynamic scale, noise drawn in the pipeline's
-(T, C, h, w) layout), so for one clip and fp32 it gives the stock pipeline's latents for the same seed.
+(T, C, h, w) layout and dtype, latents kept in the model's dtype between steps), so for one clip it gives the stock
+pipeline's latents for the same seed.
 """
 
 from __future__ import annotations
@@ -111,11 +112,13 @@ def dynamic_guidance_scale(scale: float, t: int, num_steps: int) -> float:
     return 1 + scale * ((1 - math.cos(math.pi * ((num_steps - t) / num_steps) ** 5.0)) / 2)
 
 
-def initial_noise_v(latent_shape: tuple[int, int, int, int], generators: list[torch.Generator]) -> torch.Tensor:
-    """Float32 CPU noise (B, C, T, h, w): each sample drawn as (T, C, h, w), the layout CogVideoX pipelines draw
-    in, from its own generator, so one clip's noise equals the stock pipeline's for the same seeded generator."""
+def initial_noise_v(latent_shape: tuple[int, int, int, int], generators: list[torch.Generator],
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """CPU noise (B, C, T, h, w) in `dtype`: each sample drawn as (T, C, h, w), the layout CogVideoX pipelines
+    draw in, from its own generator, and in the dtype they draw in (the model's: a bf16 draw is not a rounded
+    float32 draw on every torch build), so one clip's noise equals the stock pipeline's for the same seed."""
     c, t, h, w = latent_shape
-    parts = [torch.randn((t, c, h, w), generator=g, dtype=torch.float32) for g in generators]
+    parts = [torch.randn((t, c, h, w), generator=g, dtype=dtype) for g in generators]
     return torch.stack(parts).permute(0, 2, 1, 3, 4)
 
 
@@ -148,8 +151,9 @@ def sample_v_prediction(backbone: BackboneAdapter, cond: Conditioning, uncond: C
     if dynamic_cfg is None:
         dynamic_cfg = bool(getattr(spec, "dynamic_cfg", False))
     abar = alphas_cumprod(schedule)
-    # the scheduler works in the pipeline's (B, T, C, h, w) layout so that its step noise is drawn identically
-    latents = initial_noise_v(latent_shape, generators).permute(0, 2, 1, 3, 4).to(device)
+    # the scheduler works in the pipeline's (B, T, C, h, w) layout, and the latents stay in the model's dtype
+    # between steps as the pipeline keeps them, so that the noise the DPM sampler draws is the pipeline's
+    latents = initial_noise_v(latent_shape, generators, dtype).permute(0, 2, 1, 3, 4).to(device)
     latents = latents * scheduler.init_noise_sigma
     use_cfg = uncond is not None and spec.guidance_scale > 1.0
     both = Conditioning.cat([uncond, cond]) if use_cfg else cond
@@ -185,5 +189,6 @@ def sample_v_prediction(backbone: BackboneAdapter, cond: Conditioning, uncond: C
                                              generator=generators, return_dict=False)
         else:
             latents = scheduler.step(pred, t, latents, eta=0.0, generator=generators, return_dict=False)[0]
+        latents = latents.to(dtype)
     reset_caches(backbone)
     return latents.permute(0, 2, 1, 3, 4)

@@ -77,7 +77,7 @@ def check_speedups(spec: SpeedupSpec, device: torch.device) -> list[str]:
 
 
 def apply_speedups(backbone: torch.nn.Module, spec: SpeedupSpec, device: torch.device) -> list[str]:
-    """Apply the speed-ups in a working order (quantise, offload, split the sequence, cache hooks, compile);
+    """Apply the speed-ups in a working order (quantise, offload, split the sequence, compile, cache hooks);
     returns the names of those applied."""
     from anisora.inference.speedups import caches, compile, fp8, offload
 
@@ -95,12 +95,12 @@ def apply_speedups(backbone: torch.nn.Module, spec: SpeedupSpec, device: torch.d
 
         context_parallel.enable(denoiser, spec.context_parallel, spec.context_parallel_kind)
         applied.append(f"context_parallel={spec.context_parallel}")
+    if spec.compile and "speedup.compile_backend" not in skipped:  # before the caches: their hooks stay outside
+        compile.compile_blocks(denoiser, spec.compile_backend, spec.compile_mode)
+        applied.append("compile")
     if spec.cache != "none" and not {"speedup.cache", "speedup.mag_ratios"} & skipped:
         caches.enable(backbone, spec)
         applied.append(f"cache={spec.cache}")
-    if spec.compile and "speedup.compile_backend" not in skipped:
-        compile.compile_blocks(denoiser, spec.compile_backend, spec.compile_mode)
-        applied.append("compile")
     if applied:
         log.info("speed-ups: %s", ", ".join(applied))
     return applied

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 BLOCK_LISTS = ("blocks", "transformer_blocks")
+UNCOMPILED = "_anisora_uncompiled_forward"  # a compiled block keeps the forward it had before
 
 
 def repeated_blocks(denoiser: nn.Module) -> list[nn.Module]:
@@ -18,10 +19,28 @@ def repeated_blocks(denoiser: nn.Module) -> list[nn.Module]:
 
 
 def compile_blocks(denoiser: nn.Module, backend: str = "inductor", mode: str | None = None) -> int:
-    """`Module.compile` on every block in place (weights and hooks stay where they are); returns the count.
-    Inductor's compiled kernels are cached on disk by torch between runs (TORCHINDUCTOR_CACHE_DIR)."""
+    """Compile every block's forward in place; returns the count. The blocks share one code object, so one
+    compilation serves them all. Hooks registered afterwards (the step caches) wrap the compiled forward and
+    stay outside the graph: traced in, their per-block state and per-step decisions would recompile the block
+    for every block and every decision. Inductor's kernels are cached on disk between runs
+    (TORCHINDUCTOR_CACHE_DIR)."""
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     blocks = repeated_blocks(denoiser)
     for block in blocks:
-        block.compile(backend=backend, mode=mode, dynamic=False)
+        if hasattr(block, UNCOMPILED):
+            continue
+        setattr(block, UNCOMPILED, block.forward)
+        block.forward = torch.compile(block.forward, backend=backend, mode=mode, dynamic=False)
     return len(blocks)
+
+
+def uncompile_blocks(denoiser: nn.Module) -> None:
+    """Give every compiled block back the forward it had (remove cache hooks first: they wrap the compiled one)."""
+    for block in repeated_blocks(denoiser):
+        if hasattr(block, UNCOMPILED):
+            forward = getattr(block, UNCOMPILED)
+            delattr(block, UNCOMPILED)
+            if getattr(forward, "__self__", None) is block and forward.__func__ is type(block).forward:
+                del block.forward  # the class's own forward again
+            else:
+                block.forward = forward
