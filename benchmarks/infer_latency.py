@@ -311,7 +311,8 @@ def merge(paths: list[Path], out_path: Path) -> None:
         for key in ("model", "clip", "steps", "weights_checksum"):
             if other.get(key) != first.get(key):
                 sys.exit(f"--merge: {key} differs between the runs ({first.get(key)} vs {other.get(key)})")
-    merged = {**first, "commands": [r["command"] for r in reports], "rows": [row for r in reports for row in r["rows"]]}
+    commands = [c for r in reports for c in r.get("commands", [r.get("command")])]  # merged files merge again
+    merged = {**first, "commands": commands, "rows": [row for r in reports for row in r["rows"]]}
     merged.pop("command", None)
     saved = {}
     for report in reports:
