@@ -59,6 +59,7 @@ VARIANTS = {  # name -> speedup fields; the order keeps irreversible changes (fp
     "compile": {"compile": True},
     "cache": {"cache": "first_block", "cache_threshold": 0.05},
     "taylorseer": {"cache": "taylorseer"},
+    "taylorseer_lite": {"cache": "taylorseer_lite"},
     "fastercache": {"cache": "faster"},
     "lossless": {**AUTO, "compile": True},
     "fp8": {"fp8": True},

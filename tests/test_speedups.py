@@ -42,6 +42,7 @@ def reference() -> torch.Tensor:
     ({"cache": "first_block", "cache_threshold": 0.0}, True),  # nothing is ever similar enough to reuse
     ({"cache": "first_block", "cache_threshold": 0.5}, False),
     ({"cache": "taylorseer", "cache_interval": 2, "cache_warmup_steps": 1}, False),
+    ({"cache": "taylorseer_lite", "cache_interval": 2, "cache_warmup_steps": 1}, False),
     ({"cache": "faster"}, False),
     ({"cache": "mag", "mag_ratios": [1.0] * 6, "cache_threshold": 0.5}, False),
     ({"compile": True, "compile_backend": "aot_eager", "cache": "first_block", "cache_threshold": 0.5}, False),
@@ -93,6 +94,7 @@ def test_what_cannot_run_here_fails_in_one_line_or_is_skipped_when_best_effort(r
     ("speedup=fast", {"compile": True, "cache": "first_block", "fp8": True}),
     ("speedup=[lossless,taylorseer]", {"compile": True, "cache": "taylorseer", "fp8": False}),
     ("speedup=[fastercache,lowvram]", {"cache": "faster", "lowvram": True}),
+    ("speedup=[fp8,taylorseer_lite]", {"cache": "taylorseer_lite", "fp8": True, "cache_interval": 5}),
 ])
 def test_speedup_options_compose_on_the_command_line(choice, expected):
     register_configs()
@@ -152,3 +154,27 @@ def test_compiled_blocks_under_a_step_cache_compile_once_and_uncompile():
     backbone.denoiser.disable_cache()
     uncompile_blocks(backbone.denoiser)
     assert all("forward" not in vars(block) for block in backbone.denoiser.blocks)
+
+
+def test_full_taylorseer_that_cannot_fit_the_gpu_is_refused_before_sampling(monkeypatch):
+    """Wan-14B at 480x832x81 with CFG: 40 blocks x 3 cached outputs x 2 factors x 2 rows x 32,760 tokens x 5,120
+    channels in bf16 is about 150 GiB, so an 80 GB GPU is refused in one line naming the lighter cache."""
+    from types import SimpleNamespace
+
+    from diffusers import WanTransformer3DModel
+
+    from anisora.inference.speedups.caches import check_cache_memory, taylorseer_bytes
+
+    with torch.device("meta"):
+        dit = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128,
+                                    in_channels=36, out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824,
+                                    num_layers=40, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                    image_dim=1280, added_kv_proj_dim=5120)
+    backbone = SimpleNamespace(denoiser=dit, objective="flow_match")
+    need, parts = taylorseer_bytes(backbone, (16, 21, 60, 104), rows=2)
+    assert parts == "120 cached outputs x 2 factors x 2 rows x 32760 tokens x 5120"
+    assert 149 < need / 2**30 < 151
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=80 * 2**30))
+    with pytest.raises(ConfigError, match=r"speedup\.cache: taylorseer keeps 150 GiB .*=taylorseer_lite"):
+        check_cache_memory(backbone, SpeedupSpec(cache="taylorseer"), (16, 21, 60, 104), 2, torch.device("cuda"))
+    check_cache_memory(backbone, SpeedupSpec(cache="taylorseer"), (16, 21, 30, 52), 1, torch.device("cuda"))  # fits

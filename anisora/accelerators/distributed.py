@@ -52,5 +52,8 @@ def init_process_group(device: torch.device) -> None:
 
 
 def close_process_group() -> None:
+    """Leave the group together: a rank that tears down while its peer is still inside a collective aborts
+    the peer (gloo: "terminate called without an active exception")."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

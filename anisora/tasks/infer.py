@@ -33,6 +33,7 @@ from anisora.inference.guide_files import GuideFiles, check_guide_paths, guide_p
 from anisora.inference.loading import load_model, read_hparams, trained_data
 from anisora.inference.pipeline import from_uint8_frames, generate, to_uint8_frames
 from anisora.inference.speedups import SpeedupSpec, apply_speedups, check_speedups
+from anisora.inference.speedups.caches import check_cache_memory
 from anisora.inference.video_io import (
     atomic_write_bytes,
     display_scale,
@@ -161,6 +162,8 @@ def infer(cfg: DictConfig, run_dir: Path) -> list[Path]:
     set_attention_backend(backbone.denoiser, cfg.accelerator.attention_backend, device,
                           next(backbone.denoiser.parameters()).dtype)
     apply_speedups(backbone, speedups, device)
+    cfg_rows = 2 if sampler_spec(cfg).guidance_scale > 1.0 else 1
+    check_cache_memory(backbone, speedups, backbone.latent_shape(f, h, w), len(requests) * cfg_rows, device)
     guide = torch.stack([p[0] for p in pairs])
     mask = torch.stack([p[1] for p in pairs])
     prompts = [caption_with_scores(r[1], cfg.motion_score, cfg.aesthetic_score) for r in requests]

@@ -18,10 +18,10 @@ class SpeedupSpec:
     compile: bool = False  # torch.compile of each repeated transformer block (regional compilation)
     compile_backend: str = "inductor"
     compile_mode: str | None = None  # e.g. max-autotune-no-cudagraphs
-    cache: str = "none"  # none | first_block | faster | taylorseer | mag (diffusers cache hooks)
+    cache: str = "none"  # none | first_block | faster | taylorseer | taylorseer_lite | mag (diffusers cache hooks)
     cache_threshold: float = 0.05  # first_block: relative change of the first block's residual; mag: error budget
-    cache_interval: int = 5  # taylorseer: full computation every N steps
-    cache_warmup_steps: int = 3  # taylorseer: steps computed in full before caching starts
+    cache_interval: int = 5  # taylorseer(_lite): full computation every N steps
+    cache_warmup_steps: int = 3  # taylorseer(_lite): steps computed in full before caching starts
     mag_ratios: list[float] | None = None  # mag: calibrated magnitude ratios of this model and step count
     fp8: bool = False  # float8 dynamic-activation linear layers through torchao (Hopper and newer)
     lowvram: bool = False  # diffusers group offloading: blocks stream from CPU memory with CUDA streams

@@ -3,9 +3,17 @@ model's inputs barely changed. Each trades fidelity for speed; `benchmarks/infer
 
 from __future__ import annotations
 
+import logging
+import re
+
+import torch
+
 from anisora.config.errors import ConfigError
 
-KINDS = ("none", "first_block", "faster", "taylorseer", "mag")
+log = logging.getLogger("anisora.speedup")
+
+KINDS = ("none", "first_block", "faster", "taylorseer", "taylorseer_lite", "mag")
+TAYLOR_FACTORS = 2  # diffusers' default max_order 1: value and first difference per cached output
 
 # FasterCache as AniSora V1 ran it on CogVideoX: attention outputs reused every 2nd block-step and the
 # unconditional branch every 5th step in the late (low-noise) half, 0.3 attention extrapolation weight.
@@ -30,6 +38,9 @@ def config_for(backbone, spec):
         return TaylorSeerCacheConfig(cache_interval=spec.cache_interval,
                                      disable_cache_before_step=spec.cache_warmup_steps,
                                      cache_identifiers=TAYLORSEER_MODULES[backbone.objective])
+    if spec.cache == "taylorseer_lite":  # blocks skipped on predicted steps, only the output projection predicted
+        return TaylorSeerCacheConfig(cache_interval=spec.cache_interval,
+                                     disable_cache_before_step=spec.cache_warmup_steps, use_lite_mode=True)
     if spec.cache == "mag":
         return MagCacheConfig(threshold=spec.cache_threshold, mag_ratios=list(spec.mag_ratios),
                               num_inference_steps=len(spec.mag_ratios))
@@ -56,3 +67,37 @@ def enable(backbone, spec) -> None:
     if spec.cache == "faster":
         backbone.cfg_uncond_first = True
     backbone.denoiser.enable_cache(config_for(backbone, spec))
+
+
+def taylorseer_bytes(backbone, latent_shape: tuple[int, int, int, int], rows: int) -> tuple[int, str]:
+    """Bytes of Taylor factors full TaylorSeer keeps for one clip of `latent_shape` with `rows` batch rows (CFG
+    doubles them): every cached module's output, twice. Returns the bytes and how they add up."""
+    denoiser = backbone.denoiser
+    cfg = denoiser.config
+    patterns = TAYLORSEER_MODULES[backbone.objective]
+    modules = sum(1 for name, _ in denoiser.named_modules() if any(re.fullmatch(p, name) for p in patterns))
+    patch = cfg.patch_size
+    p_t, p_s = (patch[0], patch[-1]) if isinstance(patch, (tuple, list)) else (cfg.get("patch_size_t") or 1, patch)
+    _, t, h, w = latent_shape
+    tokens = -(-t // p_t) * (h // p_s) * (w // p_s)
+    hidden = cfg.num_attention_heads * cfg.attention_head_dim
+    bytes_ = modules * TAYLOR_FACTORS * rows * tokens * hidden * 2  # bf16 factors
+    return bytes_, f"{modules} cached outputs x {TAYLOR_FACTORS} factors x {rows} rows x {tokens} tokens x {hidden}"
+
+
+def check_cache_memory(backbone, spec, latent_shape: tuple[int, int, int, int], rows: int,
+                       device: torch.device) -> None:
+    """Refuse (or, with best_effort, drop) full TaylorSeer when its factors alone exceed the GPU, before sampling
+    starts: on Wan-14B at 480x832x81 with CFG they need about 150 GiB."""
+    if spec.cache != "taylorseer" or device.type != "cuda":
+        return
+    need, parts = taylorseer_bytes(backbone, latent_shape, rows)
+    total = torch.cuda.get_device_properties(device).total_memory
+    if need <= total:
+        return
+    why = (f"taylorseer keeps {need / 2**30:.0f} GiB of Taylor factors for this clip ({parts}), more than this "
+           f"GPU's {total / 2**30:.0f} GiB; use speedup.cache=taylorseer_lite (output projection only) or first_block")
+    if not spec.best_effort:
+        raise ConfigError("speedup.cache", why)
+    log.warning("skipping speedup.cache (best_effort): %s", why)
+    backbone.denoiser.disable_cache()
