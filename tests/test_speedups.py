@@ -6,12 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import ROOT
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from anisora.backbones.tiny import TinyBackboneSpec, build_tiny_backbone
 from anisora.config.errors import ConfigError
-from anisora.config.store import register_configs
+from anisora.config.store import compose_in_process
 from anisora.diffusion.sampling import SamplerSpec
 from anisora.inference.pipeline import generate_pixels
 from anisora.inference.speedups import SpeedupSpec, apply_speedups, check_speedups
@@ -97,13 +95,10 @@ def test_what_cannot_run_here_fails_in_one_line_or_is_skipped_when_best_effort(r
     ("speedup=[fp8,taylorseer_lite]", {"cache": "taylorseer_lite", "fp8": True, "cache_interval": 5}),
 ])
 def test_speedup_options_compose_on_the_command_line(choice, expected):
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        for task in ("infer", "evaluate"):
-            cfg = compose(config_name=task, overrides=[choice])
-            spec = SpeedupSpec.from_config(cfg.speedup)
-            assert {k: getattr(spec, k) for k in expected} == expected
+    for task in ("infer", "evaluate"):
+        cfg = compose_in_process(str(ROOT / "conf"), task, [choice])
+        spec = SpeedupSpec.from_config(cfg.speedup)
+        assert {k: getattr(spec, k) for k in expected} == expected
 
 
 def test_first_block_cache_refuses_a_one_block_model():
