@@ -26,6 +26,7 @@ stock pipeline and of this framework, input by input, and exits.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -41,8 +42,10 @@ from backbones import NATIVE, PROMPT, ROOT, build, guide_for, timed, warm_up_sta
 
 from anisora.accelerators.devices import (  # noqa: E402
     cap_memory,
+    local_device,
     peak_memory_gib,
     reset_peak_memory,
+    resolve_device,
     set_attention_backend,
     synchronize,
 )
@@ -115,13 +118,22 @@ def run_ours(backbone, g: torch.Tensor, m: torch.Tensor, steps: int, device: tor
                                   generators=generators)
     else:
         latents, dit_s, _ = timed(device, sample, backbone, cond, uncond, shape, [0], spec)
-    decode = {"num_frames": f} if backbone.objective == "v_pred" else {}
-    pixels, decode_s, _ = timed(device, backbone.decode_latents, latents, **decode)
+    pixels, decode_s, _ = timed(device, decode_pixels, backbone, latents, f)
     synchronize(device)
     total = time.perf_counter() - start
-    frames = ((pixels.float().clamp(-1, 1) + 1) / 2).cpu()
     return {"total_s": total, "dit_step_s": dit_s / steps, "vae_decode_s": decode_s,
-            "peak_gib": peak_memory_gib(device), "frames": frames, "latents": latents.float().cpu()}
+            "peak_gib": peak_memory_gib(device), "frames": unit_frames(pixels), "latents": latents.float().cpu()}
+
+
+def decode_pixels(backbone, latents: torch.Tensor, frames: int) -> torch.Tensor:
+    """Latents -> pixels in [-1, 1] (CogVideoX drops the latent frames a clip of `frames` does not need)."""
+    decode = {"num_frames": frames} if backbone.objective == "v_pred" else {}
+    return backbone.decode_latents(latents, **decode)
+
+
+def unit_frames(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [-1, 1] -> frames in [0, 1] on the CPU, as the stock pipelines' `output_type="pt"` gives them."""
+    return ((pixels.float().clamp(-1, 1) + 1) / 2).cpu()
 
 
 def run_stock(backbone, g: torch.Tensor, steps: int, device: torch.device) -> dict:
@@ -179,12 +191,11 @@ def fidelity(ours: dict, ref: dict, label: str) -> dict[str, float]:
 
 
 def decoded(backbone, latents: torch.Tensor, frames: int, device: torch.device) -> dict:
-    """Frames in [0, 1] of latents saved by another run, decoded by this run's VAE."""
-    decode = {"num_frames": frames} if backbone.objective == "v_pred" else {}
+    """An output from latents saved by another run, decoded by this run's VAE."""
     dtype = next(backbone.codec.parameters()).dtype
     with torch.no_grad():
-        pixels = backbone.decode_latents(latents.to(device, dtype), **decode)
-    return {"latents": latents.float().cpu(), "frames": ((pixels.float().clamp(-1, 1) + 1) / 2).cpu()}
+        pixels = decode_pixels(backbone, latents.to(device, dtype), frames)
+    return {"latents": latents.float().cpu(), "frames": unit_frames(pixels)}
 
 
 def weights_checksum(module: torch.nn.Module) -> float:
@@ -317,11 +328,12 @@ def merge(paths: list[Path], out_path: Path) -> None:
     merged.pop("command", None)
     saved = {}
     for report in reports:
+        folder = Path(report["saved_to"]) if report.get("saved_to") else None
         for row in report["rows"]:
-            folder = Path(report.get("saved_to") or "/nonexistent")
-            if (folder / f"{stem(row['variant'])}.frames.pt").is_file():
+            if folder is not None and (folder / f"{stem(row['variant'])}.frames.pt").is_file():
                 saved[row["variant"]] = folder / stem(row["variant"])
 
+    @functools.cache
     def load(variant: str) -> dict:
         base = saved[variant]
         return {"latents": torch.load(f"{base}.pt"), "frames": torch.load(f"{base}.frames.pt").float()}
@@ -349,7 +361,7 @@ def main() -> None:
     parser.add_argument("--context-parallel", type=int, default=1, metavar="N",
                         help="under torchrun with N processes: every variant splits the video over them")
     parser.add_argument("--save-latents", type=Path, default=None, metavar="DIR",
-                        help="write each row's final latents to DIR/<variant>.pt")
+                        help="write each row's final latents (DIR/<variant>.pt) and frames (.frames.pt)")
     parser.add_argument("--reference", action="append", default=[], metavar="NAME=FILE",
                         help="latents another run saved: every row's fidelity to them (decoded here)")
     parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
@@ -375,12 +387,12 @@ def main() -> None:
         from anisora.accelerators.distributed import init_process_group, require_world
 
         place = require_world(args.context_parallel, "--context-parallel")
-        device = torch.device("cuda", place.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        device = local_device("auto", place.local_rank)
         init_process_group(device)
         main_process = place.is_main
         args.no_stock = True
     else:
-        device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        device = resolve_device("auto")
     steps = args.steps or (50 if args.model == "cogvideox5b" else 40)
     variants = args.variants if args.variants is not None else [
         v for v in VARIANTS if v != "fastercache" or args.model == "cogvideox5b"]

@@ -69,3 +69,16 @@ def test_latency_benchmark_compares_the_first_dit_call_input_by_input():
     lines = dict(line.split("  ", 1) for line in done.stdout.splitlines() if "  " in line and not line.startswith(" "))
     assert {"hidden_states", "encoder_hidden_states", "timestep", "output"} <= set(lines)
     assert done.stdout.splitlines()[-1].endswith("rel 0")  # ours on the stock inputs gives the stock output
+
+
+def test_latency_benchmark_refuses_a_missing_reference_and_runs_with_other_weights(tmp_path):
+    done = run_script(["benchmarks/infer_latency.py", "--smoke", "--reference", f"stock={tmp_path / 'absent.pt'}"])
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].startswith(f"--reference stock={tmp_path / 'absent.pt'}: expected")
+    base = {"model": "wan14b", "clip": [9, 64, 64], "steps": 2, "command": "x", "rows": []}
+    for name, checksum in (("a.json", 1.0), ("b.json", 2.0)):
+        (tmp_path / name).write_text(json.dumps({**base, "weights_checksum": checksum}))
+    done = run_script(["benchmarks/infer_latency.py", "--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                       "--out", str(tmp_path / "merged.json")])
+    assert done.returncode != 0 and not (tmp_path / "merged.json").exists()
+    assert done.stderr.strip().splitlines()[-1] == "--merge: weights_checksum differs between the runs (1.0 vs 2.0)"

@@ -150,8 +150,15 @@ def cap_memory(device: torch.device, gib: float) -> None:
     if device.type != "cuda":
         return
     empty_cache()
-    total = torch.cuda.get_device_properties(device).total_memory / 2**30
+    total = total_memory_bytes(device) / 2**30
     torch.cuda.set_per_process_memory_fraction(min(1.0, gib / total) if gib else 1.0, device)
+
+
+def total_memory_bytes(device: torch.device) -> int | None:
+    """A CUDA device's memory in bytes; None elsewhere (no device budget to check against)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).total_memory
 
 
 def compute_capability(device: torch.device) -> tuple[int, int] | None:

@@ -162,7 +162,8 @@ def infer(cfg: DictConfig, run_dir: Path) -> list[Path]:
     set_attention_backend(backbone.denoiser, cfg.accelerator.attention_backend, device,
                           next(backbone.denoiser.parameters()).dtype)
     apply_speedups(backbone, speedups, device)
-    cfg_rows = 2 if sampler_spec(cfg).guidance_scale > 1.0 else 1
+    sampler = sampler_spec(cfg)
+    cfg_rows = 2 if sampler.guidance_scale > 1.0 else 1
     check_cache_memory(backbone, speedups, backbone.latent_shape(f, h, w), len(requests) * cfg_rows, device)
     guide = torch.stack([p[0] for p in pairs])
     mask = torch.stack([p[1] for p in pairs])
@@ -171,7 +172,7 @@ def infer(cfg: DictConfig, run_dir: Path) -> list[Path]:
     ckpt = job.ckpt
     log.info("sampling %d clip(s) of %dx%dx%d from %s", len(requests), f, h, w, ckpt)
     offload = job.source == "folder" and bool(cfg.model.get("offload_encoders", False))
-    out = generate(backbone, prompts, guide, mask, seeds, sampler_spec(cfg), cfg.negative_prompt,
+    out = generate(backbone, prompts, guide, mask, seeds, sampler, cfg.negative_prompt,
                    progress=main_process, offload_encoders=offload)
     close_process_group()
     if not main_process:

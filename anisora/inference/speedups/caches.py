@@ -89,10 +89,12 @@ def check_cache_memory(backbone, spec, latent_shape: tuple[int, int, int, int], 
                        device: torch.device) -> None:
     """Refuse (or, with best_effort, drop) full TaylorSeer when its factors alone exceed the GPU, before sampling
     starts: on Wan-14B at 480x832x81 with CFG they need about 150 GiB."""
-    if spec.cache != "taylorseer" or device.type != "cuda":
+    from anisora.accelerators.devices import total_memory_bytes
+
+    total = total_memory_bytes(device)
+    if spec.cache != "taylorseer" or total is None:
         return
     need, parts = taylorseer_bytes(backbone, latent_shape, rows)
-    total = torch.cuda.get_device_properties(device).total_memory
     if need <= total:
         return
     why = (f"taylorseer keeps {need / 2**30:.0f} GiB of Taylor factors for this clip ({parts}), more than this "
