@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from anisora.accelerators.devices import empty_cache, peak_memory_gib, reset_peak_memory, synchronize  # noqa: E402
-from anisora.diffusion.sampling import SamplerSpec, sample  # noqa: E402
+from anisora.diffusion.sampling import sample  # noqa: E402
 from anisora.inference.pipeline import offload  # noqa: E402
 
 PROMPT = "a red-haired girl turns her head and smiles, cherry blossoms fall. aesthetic score: 5.5. motion score: 2.0."
@@ -74,7 +74,7 @@ def build(name: str, device: torch.device, smoke: bool = False):
         else:
             from anisora.backbones.cogvideox import build as build_cogvideox
 
-            skip = ("kind", "objective", "native", "offload_encoders", "lora", "defaults", "_target_", "ckpt")
+            skip = ("kind", "init", "objective", "native", "offload_encoders", "lora", "defaults", "_target_", "ckpt")
             backbone = build_cogvideox(dtype=torch.bfloat16, **{k: v for k, v in model.items() if k not in skip})
     return backbone.eval()
 
@@ -139,17 +139,12 @@ def run_model(name: str, steps: int, device: torch.device, stock: bool = False, 
     cond = Conditioning(text=text[:1].to(dtype), guide=guide.to(dtype), image=image)
     uncond = Conditioning(text=text[1:].to(dtype), guide=cond.guide, image=cond.image)
     shape = backbone.latent_shape(f, h, w)
-    if backbone.objective == "v_pred":  # CogVideoX: DPM on the zero-terminal-SNR schedule, CFG 6
-        from anisora.diffusion.v_prediction import sample_v_prediction as sampler
-
-        spec, warm = (SamplerSpec(name="cogvideox_dpm", num_steps=n, guidance_scale=6.0) for n in (steps, 1))
-    else:
-        sampler = sample
-        spec, warm = (SamplerSpec(name="unipc", num_steps=n, shift=3.0, guidance_scale=5.0) for n in (steps, 1))
+    spec, warm = backbone.stock_sampler(steps), backbone.stock_sampler(1)
+    sampler = sample
     sampler(backbone, cond, uncond, shape, [0], warm)  # warm-up
     latents, dit_s, row["dit_peak_gib"] = timed(device, sampler, backbone, cond, uncond, shape, [0], spec)
     row["dit_step_s"] = dit_s / steps
-    decode = {"num_frames": f} if backbone.objective == "v_pred" else {}
+    decode = {"num_frames": f}
     _, row["vae_decode_s"], row["vae_decode_peak_gib"] = timed(device, backbone.decode_latents, latents, **decode)
     row["peak_gib"] = max(v for k, v in row.items() if k.endswith("_peak_gib"))
     stages = ("text_encode_s", "image_encode_s", "vae_encode_s", "vae_decode_s")

@@ -76,9 +76,7 @@ STOCK = "stock diffusers"  # the row of diffusers' own pipeline
 
 
 def sampler_for(backbone, steps: int) -> SamplerSpec:
-    if backbone.objective == "v_pred":
-        return SamplerSpec(name="cogvideox_dpm", num_steps=steps, guidance_scale=6.0, dynamic_cfg=True)
-    return SamplerSpec(name="unipc", num_steps=steps, shift=3.0, guidance_scale=5.0)
+    return backbone.stock_sampler(steps)
 
 
 def encoders_to(backbone, device: torch.device) -> None:
@@ -90,8 +88,6 @@ def run_ours(backbone, g: torch.Tensor, m: torch.Tensor, steps: int, device: tor
              offload_encoders: bool = False) -> dict:
     """One generation through this framework's path (CFG batched). Encoders stay on the GPU as in the stock
     pipeline, except under lowvram, where they go to the CPU before the DiT runs."""
-    from anisora.diffusion.v_prediction import sample_v_prediction
-
     _, _, f, h, w = g.shape
     spec = sampler_for(backbone, steps)
     encoders_to(backbone, device)
@@ -100,12 +96,8 @@ def run_ours(backbone, g: torch.Tensor, m: torch.Tensor, steps: int, device: tor
     start = time.perf_counter()
     text = backbone.encode_prompt([PROMPT, ""])
     image = backbone.encode_image(g, m)
-    generators = None
-    if backbone.objective == "v_pred":  # one generator draws the guide latent, then the noise, as the pipeline
-        generators = [torch.Generator("cpu").manual_seed(0)]
-        guide = backbone.condition(g, m, generators[0])
-    else:
-        guide = backbone.condition(g, m)
+    generators = [torch.Generator("cpu").manual_seed(0)]  # the guide latent (where drawn), then the noise
+    guide = backbone.condition(g, m, generators[0])
     if offload_encoders:
         offload(backbone)
     dtype = next(backbone.denoiser.parameters()).dtype
@@ -113,11 +105,7 @@ def run_ours(backbone, g: torch.Tensor, m: torch.Tensor, steps: int, device: tor
     cond = Conditioning(text=text[:1].to(dtype), guide=guide.to(dtype), image=image)
     uncond = Conditioning(text=text[1:].to(dtype), guide=cond.guide, image=cond.image)
     shape = backbone.latent_shape(f, h, w)
-    if backbone.objective == "v_pred":
-        latents, dit_s, _ = timed(device, sample_v_prediction, backbone, cond, uncond, shape, [0], spec,
-                                  generators=generators)
-    else:
-        latents, dit_s, _ = timed(device, sample, backbone, cond, uncond, shape, [0], spec)
+    latents, dit_s, _ = timed(device, sample, backbone, cond, uncond, shape, [0], spec, generators=generators)
     pixels, decode_s, _ = timed(device, decode_pixels, backbone, latents, f)
     synchronize(device)
     total = time.perf_counter() - start
@@ -127,8 +115,7 @@ def run_ours(backbone, g: torch.Tensor, m: torch.Tensor, steps: int, device: tor
 
 def decode_pixels(backbone, latents: torch.Tensor, frames: int) -> torch.Tensor:
     """Latents -> pixels in [-1, 1] (CogVideoX drops the latent frames a clip of `frames` does not need)."""
-    decode = {"num_frames": frames} if backbone.objective == "v_pred" else {}
-    return backbone.decode_latents(latents, **decode)
+    return backbone.decode_latents(latents, num_frames=frames)
 
 
 def unit_frames(pixels: torch.Tensor) -> torch.Tensor:
@@ -140,6 +127,7 @@ def run_stock(backbone, g: torch.Tensor, steps: int, device: torch.device) -> di
     """diffusers' own pipeline over the same components; the final latents are caught at the last step."""
     from diffusers import CogVideoXImageToVideoPipeline, UniPCMultistepScheduler, WanImageToVideoPipeline
 
+    from anisora.backbones.cogvideox import CogVideoXI2VBackbone
     from anisora.backbones.wan_parts import to_pil_images
 
     encoders_to(backbone, device)
@@ -153,7 +141,7 @@ def run_stock(backbone, g: torch.Tensor, steps: int, device: torch.device) -> di
     common = {"image": to_pil_images(g[:, :, 0])[0], "prompt": PROMPT, "height": h, "width": w, "num_frames": f,
               "num_inference_steps": steps, "output_type": "pt", "generator": torch.Generator("cpu").manual_seed(0),
               "callback_on_step_end": catch, "callback_on_step_end_tensor_inputs": ["latents"]}
-    if backbone.objective == "v_pred":
+    if isinstance(backbone, CogVideoXI2VBackbone):
         pipe = backbone.stock_pipeline(sampler_for(backbone, steps))
         kwargs = {**common, "guidance_scale": 6.0, "use_dynamic_cfg": True,
                   "max_sequence_length": backbone.prompt_encoder.max_sequence_length}
@@ -170,7 +158,7 @@ def run_stock(backbone, g: torch.Tensor, steps: int, device: torch.device) -> di
     out, seconds, peak = timed(device, pipe, **kwargs)
     frames = out.frames.float().cpu().permute(0, 2, 1, 3, 4)  # (B, F, C, H, W) -> (B, C, F, H, W)
     latents = caught["latents"].float().cpu()
-    if backbone.objective == "v_pred":
+    if backbone.dit_layout == "BTCHW":
         latents = latents.permute(0, 2, 1, 3, 4)
     return {"total_s": seconds, "peak_gib": peak, "frames": frames, "latents": latents}
 
@@ -250,7 +238,7 @@ def check_inputs(backbone, g: torch.Tensor, m: torch.Tensor, device: torch.devic
         elif isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape:
             print(f"{key}  {tuple(a.shape)} {a.dtype} vs {b.dtype}  rel {rel_l2(b.float(), a.float()):.3g}")
             if key == "hidden_states":
-                channel_dim = 2 if backbone.objective == "v_pred" else 1
+                channel_dim = backbone.dit_layout.index("C")
                 x, y = a.float().movedim(channel_dim, 0), b.float().movedim(channel_dim, 0)
                 rels = [rel_l2(y[c], x[c]) for c in range(x.shape[0])]
                 print("  channels that differ (rel > 1e-3):", {c: round(r, 4) for c, r in enumerate(rels) if r > 1e-3})

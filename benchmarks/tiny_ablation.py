@@ -44,6 +44,14 @@ VARIANTS: dict[str, list[str]] = {
     "gw4_region0.2": ["model.objective.guide_weight=4", "guide.p_region=0.2"],
     "gw4_random0.7": ["model.objective.guide_weight=4", "guide.p_random_main=0.7"],
     "gw4_region0.2_random0.7": ["model.objective.guide_weight=4", "guide.p_region=0.2", "guide.p_random_main=0.7"],
+    # the tiny CogVideoX (AniSora V1's layout, v-prediction)
+    "cog": ["model=tiny_cogvideox"],
+    "cog_snr3": ["model=tiny_cogvideox", "model.snr_shift_scale=3"],
+    "cog_plain_mse": ["model=tiny_cogvideox", "model.objective.motion_weight=0"],
+    "cog_lr2e-3": ["model=tiny_cogvideox", "optimizer.lr=2e-3"],
+    "cog_snr3_lr2e-3": ["model=tiny_cogvideox", "model.snr_shift_scale=3", "optimizer.lr=2e-3"],
+    "cog_snr3_plain_mse": ["model=tiny_cogvideox", "model.snr_shift_scale=3", "model.objective.motion_weight=0"],
+    "cog_batch8": ["model=tiny_cogvideox", "data.batch_size=8"],
 }
 ACCURACY_KEYS = ("direction_accuracy", "direction_accuracy_slow", "direction_accuracy_fast")
 EVALUATION_SETS: dict[str, dict[str, list[str]]] = {

@@ -7,12 +7,15 @@
 
 Each run is `python train.py` as users launch it (Hydra config, `prepare_training`, Lightning fit) on
 precomputed-latent shards written here with random tensors of the model's true shapes (480x832, 81 frames),
-random weights built on the device. A callback times optimizer steps after `--warmup` steps. Model FLOPs per
-step are 3 x the denoiser's forward FLOPs (torch's FlopCounterMode on a meta-device copy, same shapes); MFU is
-against the bf16 matmul peak measured on the same device first. `--memory-cap-gib` (default 79, what an H100
-80GB holds) caps the process with `set_per_process_memory_fraction`, so an H200 answers "does it fit an H100".
-The stock row is diffusers' `WanTransformer3DModel` with its own gradient checkpointing and a plain AdamW step
-in a bare PyTorch loop. Writes benchmarks/results/train_<run>.json per run and prints a table.
+random weights built on the device. A callback times optimizer steps after `--warmup` steps. FLOPs per step are
+counted two ways on a meta-device copy with torch's FlopCounterMode (same shapes): model FLOPs = 3 x the base
+denoiser's forward, the convention MFU figures are quoted in; and the FLOPs the step executes (forward + the
+backward matmuls autograd runs: a frozen base, as under LoRA, costs no weight gradients; attention backward as
+counted, 2x forward; recompute not counted). Both MFUs are against the bf16 matmul peak measured first.
+`--memory-cap-gib` (default 79, what an H100 80GB holds) caps the process with `set_per_process_memory_fraction`,
+so an H200 answers "does it fit an H100". The stock row is diffusers' `WanTransformer3DModel` with its own
+gradient checkpointing and a plain AdamW step in a bare PyTorch loop. Writes benchmarks/results/train_<run>.json
+per run and prints a table.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -46,8 +50,8 @@ from anisora.accelerators.devices import (  # noqa: E402
 )
 
 CLIP = ["data.num_frames=81", "data.height=480", "data.width=832", "accelerator=gpu"]
-COMMON = ["logger=none", "callbacks.progress_bar=none", "callbacks.sample_videos=false", "callbacks.lr_monitor=false",
-          "callbacks.checkpoint_every_n_steps=100000", "data=shards", "data.batch_size=1",
+COMMON = ["model.init=random", "logger=none", "callbacks.progress_bar=none", "callbacks.sample_videos=false",
+          "callbacks.lr_monitor=false", "callbacks.checkpoint_every_n_steps=100000", "data=shards", "data.batch_size=1",
           "optimizer.ema_decay=0", "optimizer.warmup_steps=0", "trainer.log_every_n_steps=1000"]
 RUNS: dict[str, list[str]] = {  # name -> train.py overrides (on top of COMMON and CLIP)
     "wan1.3b_ops": ["model=wan1.3b", "trainer.activation_checkpointing=ops"],
@@ -157,23 +161,52 @@ def write_random_shards(folder: Path, shapes: dict, count: int = 4) -> None:
     write_tar(folder / "000000.tar", samples)
 
 
-def forward_flops(model: dict, shapes: dict, batch: int = 1) -> float:
-    """FLOPs of one denoiser forward (matmuls and attention, as torch's FlopCounterMode counts them), on a copy
-    built on the meta device: no memory, the same on one GPU or under FSDP."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+def meta_inputs(model: dict, shapes: dict, batch: int = 1, lora: bool = False):
+    """The backbone (LoRA adapters only when `lora`) and one batch of denoiser inputs, all on the meta device:
+    FLOPs are counted without memory, the same on one GPU or under FSDP."""
     from anisora.backbones import Conditioning, build_backbone
 
     with torch.device("meta"):
-        backbone = build_backbone({**model, "lora": None})
+        backbone = build_backbone(model if lora else {**model, "lora": None})
         noisy = torch.zeros(batch, *shapes["latent"])
         cond = Conditioning(text=torch.zeros(batch, *shapes["text"]), guide=torch.zeros(batch, *shapes["guide"]),
                             image=torch.zeros(batch, *shapes["image"]) if shapes["image"] else None)
         timestep = torch.full((batch,), 500.0)
+    return backbone, (noisy, timestep, cond)
+
+
+def forward_flops(model: dict, shapes: dict, batch: int = 1) -> float:
+    """FLOPs of one forward of the base denoiser (no adapters: the field's convention counts the model), as torch's
+    FlopCounterMode counts matmuls and attention."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    backbone, (noisy, timestep, cond) = meta_inputs(model, shapes, batch)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         backbone.denoise(noisy, timestep, cond)
     return float(counter.get_total_flops())
+
+
+def step_flops(forward: Callable[[], torch.Tensor]) -> dict[str, float]:
+    """FLOPs that one training step really executes: `forward()` then backward of a scalar loss, each under
+    FlopCounterMode, with the parameters' own `requires_grad`. Autograd runs only the matmuls whose results are
+    needed, so a frozen weight costs its forward and the gradient of its input (when something upstream trains)
+    but no weight gradient, and attention's backward counts its four matmuls (2x its forward). Activation
+    recompute is not counted (MFU, not hardware FLOPs utilisation)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ahead, back = FlopCounterMode(display=False), FlopCounterMode(display=False)
+    with ahead:
+        out = forward()
+    with back:
+        out.float().square().mean().backward()
+    return {"forward": float(ahead.get_total_flops()), "backward": float(back.get_total_flops())}
+
+
+def executed_flops(model: dict, shapes: dict, batch: int = 1) -> dict[str, float]:
+    """`step_flops` of the denoiser as it trains: LoRA adapters on (the base frozen) when the config has them."""
+    backbone, (noisy, timestep, cond) = meta_inputs(model, shapes, batch, lora=True)
+    return step_flops(lambda: backbone.denoise(noisy, timestep, cond))
 
 
 def compose_run(overrides: list[str], shards: Path, out: Path):
@@ -243,7 +276,7 @@ def run_ours(name: str, overrides: list[str], steps: int, warmup: int, cap_gib: 
     sequence_parallel = int(cfg.trainer.sequence_parallel)
     samples = cfg.data.batch_size * int(cfg.accelerator.devices) // sequence_parallel
     row = summary(name, timer, build_s, samples)
-    row.update(model_numbers(forward_flops(model, shapes), shapes["latent"], row))
+    row.update(model_numbers(forward_flops(model, shapes), executed_flops(model, shapes), shapes["latent"], row))
     row["overrides"] = overrides
     row["trainable_params_b"] = sum(p.numel() for p in run.method.parameters() if p.requires_grad) / 1e9
     del run
@@ -289,7 +322,7 @@ def run_stock(name: str, model: str, steps: int, warmup: int, cap_gib: float, de
         timer.tick(device)
     row = summary(name, timer, build_s, 1)
     shapes = input_shapes(spec, cfg.data.num_frames, cfg.data.height, cfg.data.width)
-    row.update(model_numbers(forward_flops(spec, shapes), shapes["latent"], row))
+    row.update(model_numbers(forward_flops(spec, shapes), executed_flops(spec, shapes), shapes["latent"], row))
     row["overrides"] = [f"model={model}", "diffusers enable_gradient_checkpointing()", "torch.optim.AdamW"]
     row["trainable_params_b"] = sum(p.numel() for p in denoiser.parameters()) / 1e9
     del backbone, denoiser, optimizer
@@ -304,13 +337,48 @@ def summary(name: str, timer: StepTimer, build_s: float, samples_per_step: int) 
             "step_s_all": times, "peak_gib": timer.peak_gib, "samples_per_step": samples_per_step}
 
 
-def model_numbers(forward: float, latent_shape: tuple, row: dict) -> dict:
-    """Tokens per step and model FLOPs (3 x forward) -> throughput; MFU is filled in by the caller."""
+CONVENTION = "3 x forward (the field's MFU: every weight trains, attention backward 2x forward)"
+EXECUTED = ("executed (forward + the backward matmuls autograd runs: no weight gradients of frozen weights; "
+            "no recompute)")
+
+
+def model_numbers(forward: float, executed: dict[str, float], latent_shape: tuple, row: dict) -> dict:
+    """Tokens per step and FLOPs per step by both counts -> throughput; the caller divides by the peak for MFU.
+    `forward` is one base-model forward; `executed` is `step_flops` of the model as it trains (adapters included)."""
     _, t, h, w = latent_shape
-    tokens = t * (h // 2) * (w // 2) * row["samples_per_step"]  # Wan's 1x2x2 patches
-    model_flops = 3 * forward * row["samples_per_step"]
+    samples = row["samples_per_step"]
+    tokens = t * (h // 2) * (w // 2) * samples  # Wan's 1x2x2 patches
+    model_flops = 3 * forward * samples
+    ran = (executed["forward"] + executed["backward"]) * samples
     return {"tokens_per_step": tokens, "tokens_per_s": tokens / row["step_s"], "forward_tflop": forward / 1e12,
-            "model_tflop_per_step": model_flops / 1e12, "model_tflops": model_flops / row["step_s"] / 1e12}
+            "model_tflop_per_step": model_flops / 1e12, "model_tflops": model_flops / row["step_s"] / 1e12,
+            "flop_convention": CONVENTION, "executed_forward_tflop": executed["forward"] / 1e12,
+            "executed_backward_tflop": executed["backward"] / 1e12, "executed_tflop_per_step": ran / 1e12,
+            "executed_tflops": ran / row["step_s"] / 1e12, "executed_convention": EXECUTED}
+
+
+def recount(path: Path) -> dict:
+    """Add the executed-FLOP figures to a results json written before they existed: the FLOPs are counted here
+    on the meta device (no GPU) for the run's own configuration, and divided by the json's own step time and
+    measured peak. The note names this command."""
+    result = json.loads(path.read_text())
+    name = result["run"]
+    model_name = STOCK.get(name)
+    overrides = [f"model={model_name}"] if model_name else RUNS[name]
+    cfg = compose_run([*COMMON, *overrides, *CLIP], Path("/nonexistent"), Path("/tmp"))
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    shapes = input_shapes(model, cfg.data.num_frames, cfg.data.height, cfg.data.width)
+    numbers = model_numbers(forward_flops(model, shapes), executed_flops(model, shapes), shapes["latent"], result)
+    if not math.isclose(numbers["forward_tflop"], result["forward_tflop"], rel_tol=1e-6):
+        raise SystemExit(f"{path}: forward count {numbers['forward_tflop']:.3f} TFLOP differs from the run's "
+                         f"{result['forward_tflop']:.3f}: the model changed since, recount on a GPU run instead")
+    result.update(numbers)
+    result["mfu_executed"] = result["executed_tflops"] / result["bf16_matmul_peak_tflops"]
+    result["executed_note"] = (f"executed FLOPs counted on {date.today().isoformat()} by `python "
+                               f"benchmarks/train_throughput.py --recount {path.name}` (meta device, this run's "
+                               "configuration) and divided by this run's step_s and bf16_matmul_peak_tflops")
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def main() -> None:
@@ -323,7 +391,14 @@ def main() -> None:
     parser.add_argument("--attention", action="store_true", help="also time each SDPA kernel at Wan's shapes")
     parser.add_argument("--smoke", action="store_true", help="toy sizes on any device: checks this script")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--recount", nargs="+", type=Path, metavar="JSON",
+                        help="add the executed-FLOP figures to earlier results files (no GPU needed), then stop")
     args = parser.parse_args()
+    if args.recount:
+        for path in args.recount:
+            row = recount(path if path.is_file() else args.out / path)
+            print(f"{row['run']}: MFU {row['mfu']:.1%} (3 x fwd), {row['mfu_executed']:.1%} (executed)")
+        return
     if not torch.cuda.is_available() and not args.smoke:
         sys.exit("benchmarks/train_throughput.py needs a CUDA GPU (or --smoke)")
     runs = args.runs or ONE_GPU
@@ -354,6 +429,7 @@ def main() -> None:
                 row = run_ours(name, RUNS[name], args.steps, args.warmup, args.memory_cap_gib, device, args.smoke)
             if "model_tflops" in row:
                 row["mfu"] = row["model_tflops"] / peak
+                row["mfu_executed"] = row["executed_tflops"] / peak
         except Exception as ex:  # out of memory in one run still reports the others
             traceback.print_exc()
             cause = ex.__cause__ or ex
@@ -368,14 +444,17 @@ def main() -> None:
     if rank != 0:
         return
     print(f"\n{header['device']}, bf16 matmul peak {peak:.0f} TFLOP/s, memory cap {args.memory_cap_gib:g} GiB")
-    print("| run | s/step | tokens/s | model TFLOP/s | MFU | peak GiB |")
-    print("|---|---|---|---|---|---|")
+    print("| run | s/step | tokens/s | model TFLOP/s (3 x fwd) | MFU (3 x fwd) | executed TFLOP/s | MFU (executed) "
+          "| peak GiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         if "error" in row:
             print(f"| {row['run']} | failed: {row['error']} |")
             continue
         print(f"| {row['run']} | {row['step_s']:.2f} | {row['tokens_per_s']:.0f} | {row['model_tflops']:.0f} | "
-              f"{row.get('mfu', math.nan):.1%} | {row['peak_gib']:.1f} |")
+              f"{row.get('mfu', math.nan):.1%} | {row['executed_tflops']:.0f} | "
+              f"{row.get('mfu_executed', math.nan):.1%} | {row['peak_gib']:.1f} |")
+    print(f"3 x fwd: {CONVENTION}\nexecuted: {EXECUTED}")
 
 
 if __name__ == "__main__":

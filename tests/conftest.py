@@ -79,6 +79,36 @@ def kill_when(args: list[str], ready: Callable[[], bool], timeout: float = 240) 
     proc.wait()
 
 
+def killed_and_resumed(tmp_path: Path, overrides: list[str], steps: int, every: int = 4) -> dict[str, Path]:
+    """Run folders of an uninterrupted train.py run of `steps` (checkpoints every `every`), and of one killed
+    after a mid-run checkpoint, then resumed with ckpt_path=last; asserts each run finished as it should."""
+    full = run_entry("train.py", *overrides, log_dir=tmp_path / "full", run_dir=tmp_path / "full" / "train" / "run")
+    assert full.returncode == 0, full.stderr[-3000:]
+    log_dir = tmp_path / "killed"
+    first = log_dir / "train" / "first"
+    args = [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={log_dir}", f"hydra.run.dir={first}", *overrides]
+    mid_run = {f"step{step:06d}.ckpt" for step in range(2 * every, steps, every)}  # last.ckpt exists by then
+    kill_when(args, lambda: bool(mid_run & {p.name for p in (first / "checkpoints").glob("*.ckpt")}))
+    killed = [read_checkpoint(p)[0] for p in (first / "checkpoints").glob("*.ckpt")]
+    assert killed and max(killed) < steps, "the run was not interrupted"
+    resumed = run_entry("train.py", *overrides, "ckpt_path=last", log_dir=log_dir,
+                        run_dir=log_dir / "train" / "second")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return {"full": tmp_path / "full" / "train" / "run", "killed": first, "resumed": log_dir / "train" / "second"}
+
+
+def assert_same_last_checkpoints(a: Path, b: Path, steps: int) -> dict:
+    """The last.ckpt of two run folders hold the same step and bit-identical weights; returns the first's."""
+    import torch
+
+    step_a, weights_a = read_checkpoint(a / "checkpoints" / "last.ckpt")
+    step_b, weights_b = read_checkpoint(b / "checkpoints" / "last.ckpt")
+    assert step_a == step_b == steps and weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        assert torch.equal(weights_a[key], weights_b[key]), key
+    return weights_a
+
+
 def read_checkpoint(path: Path):
     """(global_step, state_dict) of a Lightning checkpoint, on the CPU."""
     import torch

@@ -14,9 +14,11 @@ from conftest import TINY, list_files, run_entry
                                               "deterministic"),
         ("train.py", ["trainer.max_steps=abc"], "error: trainer.max_steps: Value 'abc' of type 'str' could not be"),
         ("train.py", ["model=wan99"],
-         "error: model=wan99: no such option; available: cogvideox5b, tiny, wan1.3b, wan14b"),
+         "error: model=wan99: no such option; available: cogvideox5b, tiny, tiny_cogvideox, wan1.3b, wan14b, "
+         "wan14b_720p"),
         ("train.py", ["sampler.name=ddim"],
-         "error: sampler.name: expected one of euler, unipc, cogvideox_dpm, cogvideox_ddim; got 'ddim'"),
+         "error: sampler.name: expected one of euler, unipc, flow_sde, euler_renoise, cogvideox_dpm, cogvideox_ddim; "
+         "got 'ddim'"),
         ("train.py", ["optimizer.lr=-1"], "error: optimizer.lr: must be >= 0.0; got -1.0"),
         ("train.py", ["model.objective.timestep_sampling=bad"],
          "error: model.objective.timestep_sampling: expected one of uniform, logit_normal; got 'bad'"),

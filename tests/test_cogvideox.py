@@ -6,6 +6,7 @@ Tiny random components, fp32 on the CPU, 9 frames at 32x32; frames compared befo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -24,17 +25,14 @@ from anisora.backbones.base import Conditioning
 from anisora.backbones.cogvideox import CogVideoXI2VBackbone, CogVideoXSpec, assemble, build, build_random_cogvideox
 from anisora.backbones.tiny import word_tokenizer, world_vocabulary
 from anisora.config.errors import ConfigError
-from anisora.diffusion.sampling import SamplerSpec
+from anisora.diffusion.objectives import VPrediction
+from anisora.diffusion.sampling import SamplerSpec, sample
 from anisora.diffusion.v_prediction import (
     DEFAULT_SCHEDULE,
     VSchedule,
     alphas_cumprod,
     build_v_scheduler,
     dynamic_guidance_scale,
-    noisy_sample_v,
-    sample_timesteps,
-    sample_v_prediction,
-    x0_from_v,
 )
 from anisora.guidance.pair import guide_pair
 
@@ -100,8 +98,8 @@ def ours(bb: CogVideoXI2VBackbone, image: torch.Tensor, spec: SamplerSpec, dynam
     video, mask = guide_pair([(0, 2.0 * image[0] - 1.0)], FRAMES, SIZE, SIZE)
     cond = bb.conditioning([PROMPT], video[None], mask[None], generator=generator)
     uncond = Conditioning(text=bb.encode_prompt([NEGATIVE]), guide=cond.guide)
-    latents = sample_v_prediction(bb, cond, uncond, bb.latent_shape(FRAMES, SIZE, SIZE), [SEED], spec,
-                                  generators=[generator], dynamic_cfg=dynamic)
+    spec = dataclasses.replace(spec, dynamic_cfg=dynamic)
+    latents = sample(bb, cond, uncond, bb.latent_shape(FRAMES, SIZE, SIZE), [SEED], spec, generators=[generator])
     pixels = bb.decode_latents(latents, num_frames=FRAMES)
     return (pixels / 2 + 0.5).clamp(0, 1)[0].permute(1, 0, 2, 3)
 
@@ -190,15 +188,18 @@ def test_v_target_algebra():
     x0 = torch.randn(4, 16, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     noise = torch.randn(4, 16, 3, 4, 4, generator=torch.Generator().manual_seed(1))
     t = torch.tensor([0, 250, 777, 999])
-    x_t, v = noisy_sample_v(x0, noise, t)
-    assert torch.allclose(x0_from_v(x_t, v, t), x0, atol=1e-5)
+    objective = VPrediction()
+    x_t, v = objective.add_noise(x0, noise, t), objective.target(x0, noise, t)
+    assert torch.allclose(objective.x0_from_output(x_t, v, t), x0, atol=1e-5)
+    assert torch.allclose(objective.noise_from_output(x_t, v, t)[:-1], noise[:-1], atol=1e-4)
     scheduler = CogVideoXDDIMScheduler(**DEFAULT_SCHEDULE.scheduler_config())
     assert torch.allclose(x_t, scheduler.add_noise(x0, noise, t), atol=1e-5)
     assert torch.allclose(v, scheduler.get_velocity(x0, noise, t), atol=1e-5)
     assert torch.allclose(x_t[-1], noise[-1]) and torch.allclose(v[-1], -x0[-1])  # zero terminal SNR
-    steps = sample_timesteps(64, torch.Generator().manual_seed(0))
+    steps = objective.draw_levels(64, torch.Generator().manual_seed(0))
     assert steps.dtype == torch.int64 and 0 <= steps.min() and steps.max() < 1000
-    assert torch.equal(steps, sample_timesteps(64, torch.Generator().manual_seed(0)))
+    assert torch.equal(steps, objective.draw_levels(64, torch.Generator().manual_seed(0)))
+    assert torch.equal(objective.model_timestep(steps), steps)
 
 
 def test_dynamic_cfg_gives_anisora_v1_scales():
@@ -213,7 +214,7 @@ def test_sampler_name_is_checked(backbone):
     cond = Conditioning(text=torch.zeros(1, TEXT_LEN, 32), guide=torch.zeros(1, 16, 3, 4, 4))
     for name in ("euler", "unipc"):
         with pytest.raises(ConfigError, match=r"sampler\.name.*cogvideox_dpm or cogvideox_ddim"):
-            sample_v_prediction(backbone, cond, None, (16, 3, 4, 4), [0], SamplerSpec(name=name, num_steps=2))
+            sample(backbone, cond, None, (16, 3, 4, 4), [0], SamplerSpec(name=name, num_steps=2))
 
 
 def test_empty_prompt_zeros():

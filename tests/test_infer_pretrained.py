@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import list_files, run_entry
 from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline
 from PIL import Image
@@ -26,22 +29,46 @@ def wan_folders(tmp_path_factory):
     return root
 
 
-def test_infer_wan14b_folder_writes_a_video(tmp_path, wan_folders):
+def our_frames(run_dir: Path) -> tuple[np.ndarray, dict]:
+    """infer.py's lossless frames of clip 0 (uint8) and its samples.json record."""
+    frames = sorted((run_dir / "frames" / "clip00").glob("frame_*.png"))
+    return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in frames]), \
+        json.loads((run_dir / "samples.json").read_text())[0]
+
+
+def stock_frames(pipeline, record: dict, **inputs) -> np.ndarray:
+    """The stock diffusers pipeline on the same folder, prompt, seed, size, steps and CFG (Wan's sampler:
+    UniPC, shift 3 from the folder's scheduler, CFG 5 at every step), quantised as infer.py writes frames."""
+    out = pipeline(prompt=record["prompt"], negative_prompt="", height=32, width=32, num_frames=9,
+                   num_inference_steps=2, guidance_scale=5.0, max_sequence_length=16,
+                   generator=torch.Generator().manual_seed(record["seed"]), output_type="np", **inputs).frames[0]
+    return np.round(np.clip(out, 0, 1) * 255).astype(np.int16)
+
+
+def test_infer_wan14b_folder_matches_the_stock_pipeline(tmp_path, wan_folders):
+    run_dir = tmp_path / "run"
     result = run_entry("infer.py", "model=wan14b", f"ckpt={wan_folders / 'i2v'}",
                        f"guide.frames=[{wan_folders / 'first.png'}]", "out.frames=png", *SMALL,
-                       log_dir=tmp_path / "outputs")
+                       log_dir=tmp_path / "outputs", run_dir=run_dir)
     assert result.returncode == 0, result.stderr[-2000:]
-    files = list_files(tmp_path / "outputs")
-    assert any(str(f).endswith("clip00.mp4") for f in files)
-    assert sum(str(f).endswith(".png") and "/frames/" in str(f) for f in files) == 9
+    assert (run_dir / "videos" / "clip00.mp4").is_file()
     assert "dit" in result.stdout + result.stderr  # parameter counts are printed at start
+    mine, record = our_frames(run_dir)
+    pipe = WanImageToVideoPipeline.from_pretrained(wan_folders / "i2v")
+    theirs = stock_frames(pipe, record, image=Image.open(wan_folders / "first.png").convert("RGB"))
+    assert mine.shape == theirs.shape == (9, 32, 32, 3)
+    assert np.abs(mine.astype(np.int16) - theirs).max() <= 1  # equal up to rounding at quantisation
 
 
-def test_infer_wan13b_text_to_video(tmp_path, wan_folders):
-    result = run_entry("infer.py", "model=wan1.3b", f"ckpt={wan_folders / 't2v'}", *SMALL,
-                       log_dir=tmp_path / "outputs")
+def test_infer_wan13b_text_to_video_matches_the_stock_pipeline(tmp_path, wan_folders):
+    run_dir = tmp_path / "run"
+    result = run_entry("infer.py", "model=wan1.3b", f"ckpt={wan_folders / 't2v'}", "out.frames=png", *SMALL,
+                       log_dir=tmp_path / "outputs", run_dir=run_dir)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert any(str(f).endswith("clip00.mp4") for f in list_files(tmp_path / "outputs"))
+    assert (run_dir / "videos" / "clip00.mp4").is_file()
+    mine, record = our_frames(run_dir)
+    theirs = stock_frames(WanPipeline.from_pretrained(wan_folders / "t2v"), record)
+    assert mine.shape == theirs.shape and np.abs(mine.astype(np.int16) - theirs).max() <= 1
 
 
 @pytest.mark.parametrize(

@@ -3,12 +3,10 @@ adapters, a killed LoRA run resumes exactly, and the trained adapters load in a 
 
 from __future__ import annotations
 
-import sys
-
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import ROOT, TINY, compose, kill_when, list_files, read_checkpoint, run_entry
+from conftest import TINY, assert_same_last_checkpoints, compose, killed_and_resumed, list_files, run_entry
 from omegaconf import OmegaConf
 
 from anisora.backbones.lora import lora_parameters
@@ -17,8 +15,9 @@ from anisora.methods.sft import SFTMethod
 
 LORA = ["model.lora.rank=4", "model.lora.alpha=8"]
 # a Wan2.1 T2V model small enough for the CPU, with the real Wan VAE and UMT5 (exports need a diffusers pipeline)
-WAN = ["model=wan1.3b", "model.num_layers=2", "model.num_attention_heads=2", "model.attention_head_dim=8",
-       "model.ffn_dim=32", "model.text_dim=16", "model.text_layers=1", "model.text_heads=2", "model.text_ff=32",
+WAN = ["model=wan1.3b", "model.init=random", "model.num_layers=2", "model.num_attention_heads=2",
+       "model.attention_head_dim=8", "model.ffn_dim=32", "model.text_dim=16", "model.text_layers=1",
+       "model.text_heads=2", "model.text_ff=32",
        "model.text_vocab=1", "model.vae_base_dim=8", "model.vae_tiling=false", "model.max_sequence_length=16",
        "data.batch_size=2", "data.val_clips=2", "accelerator=cpu"]
 
@@ -49,10 +48,13 @@ def fit(method: SFTMethod, overrides: list[str], steps: int = 2) -> None:
 def test_optimizer_holds_only_trainable_weights_never_the_frozen_text_encoder(lora):
     method = method_from([*TINY, *(LORA if lora else [])])
     denoiser, encoder = method.backbone.denoiser, method.backbone.prompt_encoder.encoder
-    expected = {id(p) for p in (lora_parameters(denoiser).values() if lora else denoiser.parameters())}
+    student = {n: p for n, p in lora_parameters(denoiser).items() if ".default." in n}
+    expected = {id(p) for p in (student.values() if lora else denoiser.parameters())}
     assert optimized(method) == expected
     assert not any(p.requires_grad for p in encoder.parameters())
-    assert not any(p.requires_grad for p in method.ema.parameters())
+    ema = [p for n, p in denoiser.named_parameters() if ".ema." in n] if lora else \
+        list(method.roles.module("ema").parameters())
+    assert ema and not any(p.requires_grad for p in ema)
     if lora:
         frozen = [n for n, p in denoiser.named_parameters() if "lora_" not in n]
         assert frozen and not any(denoiser.get_parameter(n).requires_grad for n in frozen)
@@ -65,12 +67,12 @@ def test_lora_training_moves_adapters_only_and_ema_follows_them():
     text_before = [p.detach().clone() for p in method.backbone.prompt_encoder.encoder.parameters()]
     fit(method, [*TINY, *LORA])
     after = dict(denoiser.named_parameters())
-    ema = dict(method.ema.named_parameters())
-    adapters = [n for n in after if "lora_B" in n]
+    ema = {n.replace(".ema.", ".default."): p for n, p in after.items() if ".ema." in n}  # the EMA adapter
+    adapters = [n for n in after if "lora_B.default." in n]
     assert adapters and all(not torch.equal(after[n], before[n]) for n in adapters)  # B starts at zero, then learns
     for name, value in after.items():
         if "lora_" not in name:
-            assert torch.equal(value, before[name]) and torch.equal(ema[name], before[name]), name
+            assert torch.equal(value, before[name]), name
             assert value.grad is None, name
     for name in adapters:  # EMA with decay 0.5 sits between the start and the trained adapters
         assert not torch.equal(ema[name], before[name]) and not torch.equal(ema[name], after[name])
@@ -107,26 +109,10 @@ RESUME = [*TINY, *LORA, f"trainer.max_steps={STEPS}", "callbacks.checkpoint_ever
 
 
 def test_killed_lora_run_resumes_to_the_same_adapters(tmp_path):
-    full = run_entry("train.py", *RESUME, log_dir=tmp_path / "full", run_dir=tmp_path / "full" / "train" / "run")
-    assert full.returncode == 0, full.stderr[-3000:]
-
-    log_dir = tmp_path / "killed"
-    first = log_dir / "train" / "first"
-    args = [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={log_dir}", f"hydra.run.dir={first}", *RESUME]
-    mid_run = {f"step{step:06d}.ckpt" for step in range(8, STEPS, 4)}  # last.ckpt exists by then
-    kill_when(args, lambda: bool(mid_run & {p.name for p in (first / "checkpoints").glob("*.ckpt")}))
-    killed = [read_checkpoint(p)[0] for p in (first / "checkpoints").glob("*.ckpt")]
-    assert killed and max(killed) < STEPS, "the run was not interrupted"
-    resumed = run_entry("train.py", *RESUME, "ckpt_path=last", log_dir=log_dir, run_dir=log_dir / "train" / "second")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-
-    step_full, weights_full = read_checkpoint(tmp_path / "full" / "train" / "run" / "checkpoints" / "last.ckpt")
-    step_resumed, weights_resumed = read_checkpoint(log_dir / "train" / "second" / "checkpoints" / "last.ckpt")
-    assert step_full == step_resumed == STEPS and weights_full.keys() == weights_resumed.keys()
-    adapters = [k for k in weights_full if "lora_" in k]
-    assert adapters and any(k.startswith("ema.") for k in adapters)
-    for key in weights_full:
-        assert torch.equal(weights_full[key], weights_resumed[key]), key
+    runs = killed_and_resumed(tmp_path, RESUME, STEPS)
+    weights = assert_same_last_checkpoints(runs["full"], runs["resumed"], STEPS)
+    adapters = [k for k in weights if "lora_" in k]
+    assert adapters and any(".ema." in k for k in adapters)
 
 
 # ----------------------------------------------------------------------------------- export
@@ -158,10 +144,11 @@ def test_lora_base_and_frozen_encoders_in_bf16_are_shared_with_ema_and_train_und
     composed = compose("train", [*TINY, *LORA, "optimizer.warmup_steps=0", "optimizer.ema_decay=0.5"])
     cfg = {k: OmegaConf.to_container(composed[k], resolve=True) for k in ("model", "guide", "optimizer", "sampler")}
     method = SFTMethod(**cfg, max_steps=2, frozen_dtype="bfloat16")
-    denoiser, ema = method.backbone.denoiser, dict(method.ema.named_parameters())
+    denoiser = method.backbone.denoiser
     base = {n: p for n, p in denoiser.named_parameters() if "lora_" not in n}
-    assert base and all(p.dtype == torch.bfloat16 and ema[n] is p for n, p in base.items())
-    assert all(p.dtype == torch.float32 and ema[n] is not p for n, p in lora_parameters(denoiser).items())
+    assert base and all(p.dtype == torch.bfloat16 for p in base.values())  # one base for the student and its EMA
+    ema = [p for n, p in lora_parameters(denoiser).items() if ".ema." in n]
+    assert ema and all(p.dtype == torch.float32 for p in lora_parameters(denoiser).values())
     assert all(p.dtype == torch.bfloat16 for p in method.backbone.prompt_encoder.encoder.parameters())
     before = {n: p.detach().clone() for n, p in lora_parameters(denoiser).items()}
     cfg_data = compose("train", [*TINY, *LORA])
@@ -172,7 +159,7 @@ def test_lora_base_and_frozen_encoders_in_bf16_are_shared_with_ema_and_train_und
                          precision="bf16-mixed")
     trainer.fit(method, datamodule=build_datamodule(cfg_data))
     after = lora_parameters(denoiser)
-    assert any(not torch.equal(after[n], before[n]) for n in after if "lora_B" in n)
+    assert any(not torch.equal(after[n], before[n]) for n in after if "lora_B.default." in n)
     assert all(p.dtype == torch.float32 for p in after.values())
 
 

@@ -19,7 +19,7 @@ def test_without_torch_npu_train_fails_at_once_with_one_line_and_writes_nothing(
     if torch_npu_problem() is None:
         pytest.skip("this machine has a working NPU stack")
     log_dir = tmp_path / "outputs"
-    out = run_entry("train.py", "model=wan14b", "accelerator=npu", log_dir=log_dir, timeout=120)
+    out = run_entry("train.py", "model=wan14b", "model.init=random", "accelerator=npu", log_dir=log_dir, timeout=120)
     assert out.returncode == 2
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: accelerator.name: accelerator=npu needs torch_npu")

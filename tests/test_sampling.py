@@ -6,13 +6,9 @@ import pytest
 import torch
 
 from anisora.backbones.tiny import TinyBackboneSpec, build_tiny_backbone
-from anisora.diffusion.flow_matching import (
-    motion_loss_weight,
-    noisy_sample,
-    sample_sigmas,
-    shift_sigmas,
-    weighted_mse,
-)
+from anisora.diffusion.flow_matching import sample_sigmas, shift_sigmas
+from anisora.diffusion.loss_weights import motion_loss_weight, weighted_mse
+from anisora.diffusion.objectives import FlowMatching
 from anisora.diffusion.sampling import SamplerSpec, sample
 
 SPEC = TinyBackboneSpec(num_layers=1, num_attention_heads=2, attention_head_dim=8, ffn_dim=32, text_dim=16,
@@ -67,7 +63,8 @@ def test_clamp_bounds_the_result(setup):
 
 def test_flow_matching_targets_and_shift():
     x0, noise = torch.randn(3, 4), torch.randn(3, 4)
-    xt, target = noisy_sample(x0, noise, torch.tensor([0.0, 0.5, 1.0]))
+    levels = torch.tensor([0.0, 0.5, 1.0])
+    xt, target = FlowMatching().add_noise(x0, noise, levels), FlowMatching().target(x0, noise, levels)
     assert torch.allclose(xt[0], x0[0]) and torch.allclose(xt[2], noise[2])
     assert torch.allclose(target, noise - x0)
     u = torch.tensor([0.0, 0.25, 0.5, 1.0])

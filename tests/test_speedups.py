@@ -3,6 +3,8 @@ best_effort skip) where the device cannot run them."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import ROOT
@@ -30,30 +32,40 @@ def guide() -> tuple[torch.Tensor, torch.Tensor]:
     return g, m
 
 
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of pixels in [-1, 1] (peak-to-peak 2); 100 for identical videos."""
+    mse = (a.double() - b.double()).pow(2).mean().item()
+    return 100.0 if mse == 0 else 10 * math.log10(4.0 / mse)
+
+
 @pytest.fixture(scope="module")
 def reference() -> torch.Tensor:
     return generate_pixels(tiny(), PROMPT, *guide(), [1], SPEC)
 
 
-@pytest.mark.parametrize(("options", "exact"), [
-    ({"compile": True, "compile_backend": "aot_eager"}, True),
-    ({"cache": "first_block", "cache_threshold": 0.0}, True),  # nothing is ever similar enough to reuse
-    ({"cache": "first_block", "cache_threshold": 0.5}, False),
-    ({"cache": "taylorseer", "cache_interval": 2, "cache_warmup_steps": 1}, False),
-    ({"cache": "taylorseer_lite", "cache_interval": 2, "cache_warmup_steps": 1}, False),
-    ({"cache": "faster"}, False),
-    ({"cache": "mag", "mag_ratios": [1.0] * 6, "cache_threshold": 0.5}, False),
-    ({"compile": True, "compile_backend": "aot_eager", "cache": "first_block", "cache_threshold": 0.5}, False),
+# lossy floors: PSNR to the plain output measured on this tiny model (first_block 33.8 dB, taylorseer 54.3,
+# taylorseer_lite 35.4, faster 50.2, mag 42.9), each floor about 6 dB under it; None: must be exact
+@pytest.mark.parametrize(("options", "floor_db"), [
+    ({"compile": True, "compile_backend": "aot_eager"}, None),
+    ({"cache": "first_block", "cache_threshold": 0.0}, None),  # nothing is ever similar enough to reuse
+    ({"cache": "first_block", "cache_threshold": 0.5}, 28.0),
+    ({"cache": "taylorseer", "cache_interval": 2, "cache_warmup_steps": 1}, 48.0),
+    ({"cache": "taylorseer_lite", "cache_interval": 2, "cache_warmup_steps": 1}, 29.0),
+    ({"cache": "faster"}, 44.0),
+    ({"cache": "mag", "mag_ratios": [1.0] * 6, "cache_threshold": 0.5}, 36.0),
+    ({"compile": True, "compile_backend": "aot_eager", "cache": "first_block", "cache_threshold": 0.5}, 28.0),
 ])
-def test_each_speedup_runs_repeatably_and_lossless_ones_are_exact(reference, options, exact):
+def test_each_speedup_runs_repeatably_and_lossless_ones_are_exact(reference, options, floor_db):
     backbone = tiny()
     applied = apply_speedups(backbone, SpeedupSpec(**options), CPU)
     assert applied
     first = generate_pixels(backbone, PROMPT, *guide(), [1], SPEC)
     again = generate_pixels(backbone, PROMPT, *guide(), [1], SPEC)
     assert torch.equal(first, again)  # cache state is reset between videos
-    diff = (first - reference).abs().max().item()
-    assert diff == 0.0 if exact else 0.0 < diff < 1.0, diff
+    if floor_db is None:
+        assert torch.equal(first, reference)
+    else:  # it skips work (so differs) but stays close to the plain output
+        assert not torch.equal(first, reference) and psnr(first, reference) >= floor_db, psnr(first, reference)
 
 
 def test_faster_cache_on_cogvideox_batches_uncond_first():
@@ -69,7 +81,9 @@ def test_faster_cache_on_cogvideox_batches_uncond_first():
     assert apply_speedups(cached, SpeedupSpec(cache="faster"), CPU) == ["cache=faster"]
     assert cached.cfg_uncond_first
     out = generate_pixels(cached, PROMPT, g, m, [2], spec)
-    assert out.shape == plain.shape and torch.isfinite(out).all()
+    assert out.shape == plain.shape and not torch.equal(out, plain)
+    # random weights, 4 DPM steps: measured 22.1-24.1 dB to the plain output over runs
+    assert psnr(out, plain) >= 18.0, psnr(out, plain)
 
 
 @pytest.mark.parametrize(("options", "key"), [
@@ -165,7 +179,9 @@ def test_full_taylorseer_that_cannot_fit_the_gpu_is_refused_before_sampling(monk
                                     in_channels=36, out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824,
                                     num_layers=40, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
                                     image_dim=1280, added_kv_proj_dim=5120)
-    backbone = SimpleNamespace(denoiser=dit, objective="flow_match")
+    from anisora.backbones.wan import WanBackbone
+
+    backbone = SimpleNamespace(denoiser=dit, speedup_profile=WanBackbone.speedup_profile)
     need, parts = taylorseer_bytes(backbone, (16, 21, 60, 104), rows=2)
     assert parts == "120 cached outputs x 2 factors x 2 rows x 32760 tokens x 5120"
     assert 149 < need / 2**30 < 151

@@ -74,7 +74,6 @@ def test_strategy_options_reach_the_lightning_objects():
 
 @pytest.mark.parametrize(("strategy", "devices", "ema", "expected"), [
     ("single", 2, 0.0, "strategy: single runs on one device, but accelerator.devices=2"),
-    ("fsdp", 2, 0.995, "optimizer.ema_decay: EMA needs whole weights on every rank"),
 ])
 def test_impossible_combinations_fail_in_one_line(strategy, devices, ema, expected):
     with pytest.raises(ConfigError) as info:
@@ -82,6 +81,13 @@ def test_impossible_combinations_fail_in_one_line(strategy, devices, ema, expect
         trainer_device_kwargs("cpu", devices, spec, "32-true")
         check_ema(spec, ema)
     assert str(info.value).startswith(expected) and "\n" not in str(info.value)
+
+
+def test_ema_under_zero3_fails_in_one_line_and_is_allowed_under_fsdp():
+    with pytest.raises(ConfigError) as info:
+        check_ema(StrategySpec.of({"name": "deepspeed", "stage": 3}), 0.995)
+    assert str(info.value).startswith("optimizer.ema_decay: EMA cannot pair ZeRO-3") and "\n" not in str(info.value)
+    check_ema(StrategySpec.of("fsdp"), 0.995)
 
 
 NPU_SCRIPT = textwrap.dedent("""
@@ -164,6 +170,21 @@ def test_fsdp_on_cpu_wraps_each_block_and_matches_one_process(single):
     fsdp = train(tmp, "fsdp", "strategy=fsdp", "accelerator.devices=2", "data.batch_size=2")
     assert_same_training(reference, fsdp)
     assert not any("_fsdp_wrapped_module" in k for k in fsdp)  # a full state dict, loadable without FSDP
+
+
+def test_ema_role_under_fsdp_on_two_processes_matches_one_process(tmp_path):
+    """The EMA role is a copy FSDP shards like the denoiser it follows: each rank averages its own shard, and the
+    gathered EMA equals one process's."""
+    ema = ["optimizer.ema_decay=0.5"]
+    reference = train(tmp_path, "single_ema", *ema, "data.batch_size=4")
+    fsdp = train(tmp_path, "fsdp_ema", *ema, "strategy=fsdp", "accelerator.devices=2", "data.batch_size=2")
+    keys = [k for k in reference if k.startswith("roles.copies.ema.")]
+    assert keys and set(keys) <= set(fsdp)
+    start = {f"roles.copies.ema.{k.removeprefix('backbone.denoiser.')}": v for k, v in reference.items()
+             if k.startswith("backbone.denoiser.")}
+    assert any(not torch.equal(reference[k], start[k]) for k in keys)  # the EMA moved off the trained weights
+    for key in keys:
+        torch.testing.assert_close(fsdp[key].float(), reference[key].float(), atol=2e-5, rtol=1e-4, msg=key)
 
 
 def test_sequence_parallel_over_two_ranks_matches_one_process(single):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import av
 import numpy as np
 import pytest
 from PIL import Image
 
 from anisora.inference import video_io
 from anisora.inference.video_io import (
-    atomic_write_bytes,
     display_scale,
     encode_png,
     read_image,
@@ -17,6 +17,7 @@ from anisora.inference.video_io import (
     write_mp4,
     write_png_frames,
 )
+from anisora.io import atomic_write_bytes
 
 RED, OUTLINE = (228, 52, 52), (24, 20, 32)
 
@@ -126,6 +127,20 @@ def test_unreadable_files_raise_value_errors_naming_the_path(tmp_path):
     junk_video.write_bytes(b"this is not a video")
     with pytest.raises(ValueError, match="junk.mp4"):
         read_video(junk_video)
+
+
+def test_empty_and_truncated_mp4s_raise_value_errors(tmp_path):
+    """A copy cut at a packet boundary decodes quietly to fewer frames: the index's frame count catches it."""
+    path = write_mp4(tmp_path / "clip.mp4", sprite_clip(frames=9, size=16))
+    with av.open(str(path)) as container:
+        packets = [p for p in container.demux(video=0) if p.size]
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(path.read_bytes()[: packets[3].pos + packets[3].size])
+    with pytest.raises(ValueError, match=r"cut.mp4 is truncated: \d of its 9 frames decode"):
+        read_video(cut)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.mp4 could not be decoded"):
+        read_video(tmp_path / "empty.mp4")
 
 
 def test_png_frames_are_lossless_and_zero_padded(tmp_path):

@@ -161,6 +161,33 @@ def total_memory_bytes(device: torch.device) -> int | None:
     return torch.cuda.get_device_properties(device).total_memory
 
 
+def host_memory_bytes() -> int:
+    """The RAM this process may use: the machine's, or its cgroup's limit when that is lower (a container's
+    limit is what kills an oversized process, with exit 137 and no message)."""
+    import os
+
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(path).read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    """Memory a model's weights must fit in on `device`: a GPU's or an NPU's own, the host's RAM on the CPU;
+    None when the device does not say."""
+    if device.type == "cpu":
+        return host_memory_bytes()
+    if device.type == "npu":
+        props = getattr(getattr(torch, "npu", None), "get_device_properties", None)
+        return int(props(device).total_memory) if props is not None else None
+    return total_memory_bytes(device)
+
+
 def compute_capability(device: torch.device) -> tuple[int, int] | None:
     """(major, minor) of a CUDA device, None elsewhere."""
     if device.type != "cuda" or not cuda_available():

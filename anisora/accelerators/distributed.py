@@ -57,3 +57,15 @@ def close_process_group() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def sequence_parallel_mesh(degree: int, device: torch.device):
+    """The (ring 1, ulysses `degree`) sub-mesh of this rank's group when there are several groups; None when
+    the whole world is one group (diffusers builds that mesh itself)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    world = dist.get_world_size()
+    if world == degree:
+        return None
+    mesh = init_device_mesh(device.type, (world // degree, 1, degree), mesh_dim_names=("dp", "ring", "ulysses"))
+    return mesh["ring", "ulysses"]

@@ -167,19 +167,12 @@ def check_strategy(spec: StrategySpec, accelerator: str, devices: Any, precision
         require_deepspeed()
 
 
-def shards_weights(spec: StrategySpec) -> bool:
-    """Whether each rank holds only a slice of every weight (FSDP except NO_SHARD, ZeRO-3)."""
-    if spec.name == "fsdp":
-        return spec.sharding_strategy != "NO_SHARD"
-    return spec.name == "deepspeed" and spec.stage == 3
-
-
 def check_ema(spec: StrategySpec, ema_decay: float) -> None:
-    """An EMA copy beside sharded weights would need its own matching shards: refused in one line."""
-    if ema_decay > 0 and shards_weights(spec):
-        raise ConfigError("optimizer.ema_decay", f"EMA needs whole weights on every rank, which strategy {spec.name} "
-                          "(sharded weights) does not keep: set optimizer.ema_decay=0, or use strategy=ddp or "
-                          "deepspeed_zero2")
+    """EMA is a role whose weights FSDP shards exactly like the role it follows (so each rank averages its own
+    shard); ZeRO-3 partitions parameters behind its own handles, which an EMA update cannot pair: refused there."""
+    if ema_decay > 0 and spec.name == "deepspeed" and spec.stage == 3:
+        raise ConfigError("optimizer.ema_decay", "EMA cannot pair ZeRO-3's partitioned weights: set "
+                          "optimizer.ema_decay=0, or use strategy=fsdp, ddp or deepspeed_zero2")
 
 
 def block_types_of(blocks: Iterable[nn.Module]) -> set[type[nn.Module]]:

@@ -8,12 +8,12 @@ import torch
 from hydra.utils import instantiate
 
 from anisora.backbones.base import BackboneAdapter, Conditioning
-from anisora.config.errors import ConfigError
+from anisora.backbones.families import check_folder, latent_grid, one_guide_per_slot
+from anisora.backbones.memory import check_model_config
+from anisora.backbones.specs import NON_NETWORK_KEYS
 
-__all__ = ["BackboneAdapter", "Conditioning", "build_backbone", "backbone_kwargs", "latent_grid", "load_pretrained"]
-
-# Keys of a model config that describe training, not the network.
-NON_NETWORK_KEYS = ("kind", "objective", "native", "offload_encoders", "lora")
+__all__ = ["BackboneAdapter", "Conditioning", "build_backbone", "backbone_kwargs", "check_folder",
+           "check_model_config", "latent_grid", "load_pretrained", "one_guide_per_slot", "NON_NETWORK_KEYS"]
 
 
 def backbone_kwargs(model_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -26,22 +26,24 @@ def build_backbone(model_cfg: dict[str, Any]) -> BackboneAdapter:
     from anisora.backbones.lora import add_lora
 
     backbone = instantiate(backbone_kwargs(model_cfg), _convert_="all")
+    set_objective(backbone, model_cfg)
     add_lora(backbone.denoiser, model_cfg.get("lora"), int(model_cfg.get("init_seed", 0)))
     return backbone
 
 
+def set_objective(backbone: BackboneAdapter, model_cfg: dict[str, Any]) -> None:
+    """The objective object of `model.objective` (a v-prediction model keeps its own DDPM schedule)."""
+    from anisora.diffusion.objectives import build_objective
+
+    if model_cfg.get("objective") is not None:
+        backbone.objective = build_objective(model_cfg["objective"], getattr(backbone, "noise_schedule", None))
+
+
 def load_pretrained(model_cfg: dict[str, Any], folder: str, dtype: torch.dtype) -> BackboneAdapter:
     """A model family's weights from a diffusers-format folder, loaded straight into `dtype`."""
-    if model_cfg.get("kind") == "tiny":
-        raise ConfigError("ckpt", f"{folder} is a folder; name its model family (e.g. model=wan14b, model=wan1.3b)")
+    check_folder(model_cfg, folder)
     values = backbone_kwargs(model_cfg)
     values["ckpt"] = folder
-    return instantiate(values, _convert_="all", dtype=dtype)
-
-
-def latent_grid(model_cfg: dict[str, Any]) -> tuple[int, int, int]:
-    """(temporal factor, spatial factor, patch) of a model config, known before anything is built."""
-    kind = model_cfg.get("kind")
-    if kind == "tiny":
-        return 4, int(model_cfg["spatial_factor"]), 2
-    return 4, 8, 2  # Wan2.1 and CogVideoX: VAE x4 in time, x8 in space; DiT patch 2x2
+    backbone = instantiate(values, _convert_="all", dtype=dtype)
+    set_objective(backbone, model_cfg)
+    return backbone

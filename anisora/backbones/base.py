@@ -8,12 +8,14 @@ diffusers' video layout: pixels (B, 3, F, H, W) in [-1, 1]; latents (B, C, T, h,
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from anisora.config.errors import ConfigError
+from anisora.config.schema import SamplerConfig
+from anisora.diffusion.objectives import FlowMatching, Objective
 
 
 @dataclass
@@ -38,11 +40,28 @@ class Conditioning:
 BLOCK_LISTS = ("blocks", "transformer_blocks")
 
 
+@dataclass(frozen=True)
+class SpeedupProfile:
+    """What inference speed-ups need to know of a family's denoiser: which module outputs TaylorSeer extrapolates
+    and how FasterCache finds its attention blocks and lays out its tensors."""
+
+    taylorseer_modules: tuple[str, ...] = (r"blocks\.\d+\.(attn1|attn2|ffn)",)
+    faster_cache: dict = field(default_factory=dict)
+
+
 class BackboneAdapter(nn.Module, ABC):
     """One model family: latent codec, encoders, guidance layout, denoiser and objective."""
 
-    #: training objective: "flow_match" (velocity = noise - x0) or "v_pred" (DDPM v-prediction)
-    objective: str = "flow_match"
+    #: what the denoiser predicts and how training noise works (build_backbone sets it from `model.objective`)
+    objective: Objective = FlowMatching()
+    #: module names and layouts the step caches need
+    speedup_profile: SpeedupProfile = SpeedupProfile()
+    #: the layout the family's transformer takes: (B, C, T, h, w) for Wan, (B, T, C, h, w) for CogVideoX
+    dit_layout: str = "BCTHW"
+
+    def stock_sampler(self, num_steps: int) -> SamplerConfig:
+        """The sampler the family's stock diffusers pipeline runs (benchmarks compare against it)."""
+        return SamplerConfig(name="unipc", num_steps=num_steps, shift=3.0, guidance_scale=5.0)
     #: pixel frames per latent frame after the first, and pixels per latent cell
     temporal_factor: int = 4
     spatial_factor: int = 8
@@ -57,16 +76,19 @@ class BackboneAdapter(nn.Module, ABC):
         """Pixels (B, 3, F, H, W) in [-1, 1] -> normalised latents (B, C, T, h, w)."""
 
     @abstractmethod
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Normalised latents -> pixels in [-1, 1]."""
+    def decode_latents(self, latents: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+        """Normalised latents -> pixels in [-1, 1]; `num_frames`: the clip's length, for families whose latent
+        grid pads frames."""
 
     @abstractmethod
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
         """Prompts -> text embeddings (B, L, D); the empty prompt is the unconditional one."""
 
     @abstractmethod
-    def condition(self, guide_video: torch.Tensor, guide_mask: torch.Tensor) -> torch.Tensor:
-        """The (G, M) pair -> the family's guidance channels on the latent grid."""
+    def condition(self, guide_video: torch.Tensor, guide_mask: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+        """The (G, M) pair -> the family's guidance channels on the latent grid (`generator`: for families whose
+        guide encoding draws from the VAE posterior)."""
 
     def encode_image(self, guide_video: torch.Tensor, guide_mask: torch.Tensor) -> torch.Tensor | None:
         """Image-encoder tokens of the first guide frame, for families that use them."""
@@ -81,6 +103,11 @@ class BackboneAdapter(nn.Module, ABC):
         """(values, known) on the latent grid for latent entries that the guide fixes exactly, for samplers
         that replace them at every step; None where the latent space mixes pixels (a real VAE)."""
         return None
+
+    @property
+    def active_denoiser(self) -> nn.Module:
+        """The denoiser `denoise` runs: the backbone's own, or a role's copy inside `Roles.use(role)`."""
+        return self.__dict__.get("_active_denoiser") or self.denoiser
 
     def trainable_modules(self) -> list[nn.Module]:
         """Modules whose parameters the method optimises."""

@@ -13,7 +13,7 @@ CogVideoX's transformer takes (B, T, C, h, w); this adapter keeps diffusers' (B,
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -23,15 +23,20 @@ from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import get_resi
 from torch import nn
 from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
-from anisora.backbones.base import BackboneAdapter, Conditioning
+from anisora.backbones.base import BackboneAdapter, Conditioning, SpeedupProfile
+from anisora.backbones.specs import choices_of, spec_class
 from anisora.config.errors import ConfigError
+from anisora.config.schema import CogVideoXModelConfig
+from anisora.diffusion.objectives import VPrediction
 from anisora.diffusion.sampling import SamplerSpec
 from anisora.diffusion.v_prediction import DEFAULT_SCHEDULE, VSchedule, build_v_scheduler
 
 PARTS = ("transformer", "vae", "text_encoder", "tokenizer")
-LATENT_SAMPLING = ("sample", "mode")
-EMPTY_PROMPT = ("encode", "zeros")
+LATENT_SAMPLING = choices_of(CogVideoXModelConfig, "latent_sampling")
+EMPTY_PROMPT = choices_of(CogVideoXModelConfig, "empty_prompt")
+VAE_DTYPES = choices_of(CogVideoXModelConfig, "vae_dtype")
 OFS_VALUE = 2.0  # the `ofs` value CogVideoX 1.5 I2V pipelines pass
+VAE_TEMPORAL = 4  # pixel frames per latent frame after the first (CogVideoX's 3D causal VAE)
 
 Generators = torch.Generator | list[torch.Generator] | None
 
@@ -121,8 +126,16 @@ class CogVideoXVAECodec(nn.Module):
 class CogVideoXI2VBackbone(BackboneAdapter):
     """CogVideoX I2V (AniSora V1): T5 text, a 3D causal VAE, guide latents concatenated to the noisy latent."""
 
-    objective = "v_pred"
     uses_guides = True
+    dit_layout = "BTCHW"
+    # FasterCache as AniSora V1 ran it on CogVideoX: attention outputs reused every 2nd block-step and the
+    # unconditional branch every 5th step in the late (low-noise) half
+    speedup_profile = SpeedupProfile(
+        taylorseer_modules=(r"transformer_blocks\.\d+\.(attn1|ff)",),
+        faster_cache={"spatial_attention_block_skip_range": 2, "spatial_attention_timestep_skip_range": (-1, 681),
+                      "low_frequency_weight_update_timestep_range": (99, 641),
+                      "high_frequency_weight_update_timestep_range": (-1, 301),
+                      "spatial_attention_block_identifiers": ("transformer_blocks",), "tensor_format": "BFCHW"})
 
     def __init__(self, transformer: CogVideoXTransformer3DModel, codec: CogVideoXVAECodec,
                  prompt_encoder: T5PromptEncoder, noise_schedule: VSchedule = DEFAULT_SCHEDULE) -> None:
@@ -132,6 +145,7 @@ class CogVideoXI2VBackbone(BackboneAdapter):
         self.prompt_encoder = prompt_encoder
         self.image_encoder = None
         self.noise_schedule = noise_schedule
+        self.objective = VPrediction(noise_schedule)
         cfg = transformer.config
         self.temporal_factor = codec.temporal_factor
         self.spatial_factor = codec.spatial_factor
@@ -243,7 +257,7 @@ class CogVideoXI2VBackbone(BackboneAdapter):
         hidden = torch.cat([noisy, cond.guide.to(noisy.dtype)], dim=1).permute(0, 2, 1, 3, 4).contiguous()
         _, frames, _, height, width = hidden.shape
         ofs = hidden.new_full((1,), OFS_VALUE) if self.denoiser.config.ofs_embed_dim else None
-        out = self.denoiser(
+        out = self.active_denoiser(
             hidden_states=hidden,
             encoder_hidden_states=cond.text,
             timestep=timestep,
@@ -253,6 +267,10 @@ class CogVideoXI2VBackbone(BackboneAdapter):
         )[0]
         return out.permute(0, 2, 1, 3, 4)
 
+    def stock_sampler(self, num_steps: int) -> SamplerSpec:
+        """CogVideoX's I2V pipeline: DPM on the zero-terminal-SNR schedule, dynamic CFG 6."""
+        return SamplerSpec(name="cogvideox_dpm", num_steps=num_steps, guidance_scale=6.0, dynamic_cfg=True)
+
     def stock_pipeline(self, sampler: SamplerSpec | None = None) -> CogVideoXImageToVideoPipeline:
         """diffusers' `CogVideoXImageToVideoPipeline` over these components and this noise schedule (weights
         shared). Its own text encoding applies: an empty negative prompt is encoded by T5 there, where
@@ -260,7 +278,7 @@ class CogVideoXI2VBackbone(BackboneAdapter):
         sampler = sampler or SamplerSpec(name="cogvideox_dpm", num_steps=50, guidance_scale=6.0, dynamic_cfg=True)
         return CogVideoXImageToVideoPipeline(
             tokenizer=self.prompt_encoder.tokenizer, text_encoder=self.prompt_encoder.encoder, vae=self.codec.vae,
-            transformer=self.denoiser, scheduler=build_v_scheduler(sampler, self.noise_schedule))
+            transformer=self.active_denoiser, scheduler=build_v_scheduler(sampler, self.noise_schedule))
 
     def parameter_counts(self) -> dict[str, int]:
         parts = {"dit": self.denoiser, "vae": self.codec, "text_encoder": self.prompt_encoder}
@@ -270,48 +288,10 @@ class CogVideoXI2VBackbone(BackboneAdapter):
 # ---------------------------------------------------------------------- building
 
 
-@dataclass
-class CogVideoXSpec:
-    """A CogVideoX I2V model: a diffusers-format folder, or the architecture to build with random weights.
-    Defaults: CogVideoX-5B I2V as AniSora V1 uses it."""
-
-    ckpt: str | None = None  # diffusers-format folder: transformer/ vae/ text_encoder/ tokenizer/ [scheduler/]
-    # DiT (used when ckpt is None; a folder's own config.json wins otherwise)
-    num_layers: int = 42
-    num_attention_heads: int = 48
-    attention_head_dim: int = 64
-    in_channels: int = 32
-    out_channels: int = 16
-    time_embed_dim: int = 512
-    text_embed_dim: int = 4096  # also the T5 width of a random build
-    patch_size: int = 2
-    patch_size_t: int | None = None  # CogVideoX 1.5: 2
-    ofs_embed_dim: int | None = None  # CogVideoX 1.5 I2V: 512
-    sample_height: int = 60  # latent grid the positional tables are built for
-    sample_width: int = 90
-    sample_frames: int = 49
-    max_text_seq_length: int = 226
-    use_rotary_positional_embeddings: bool = True
-    use_learned_positional_embeddings: bool = True
-    # T5 v1.1 XXL text encoder
-    max_sequence_length: int = 226
-    text_layers: int = 24
-    text_heads: int = 64
-    text_kv: int = 64
-    text_ff: int = 10240
-    text_vocab: int = 32128
-    empty_prompt: str = "encode"  # encode | zeros (zero embeddings for "", as AniSora V1's SAT code)
-    # VAE
-    vae_block_out_channels: list[int] = field(default_factory=lambda: [128, 256, 256, 512])
-    vae_layers_per_block: int = 3
-    vae_norm_num_groups: int = 32
-    vae_scaling_factor: float = 0.7
-    vae_tiling: bool = False
-    vae_dtype: str = "model"  # model: the DiT's dtype, as diffusers' CogVideoX pipelines run it | float32
-    latent_sampling: str = "sample"  # sample | mode: how pixels become latents (guides and training clips)
-    # noise schedule (a folder's scheduler/ config wins)
-    snr_shift_scale: float = 1.0
-    init_seed: int = 0
+CogVideoXSpec = spec_class("CogVideoXSpec", CogVideoXModelConfig, __name__,
+                           "A CogVideoX I2V model: a diffusers-format folder, or the architecture to build with "
+                           "random weights (CogVideoXModelConfig's fields and defaults: CogVideoX-5B I2V as "
+                           "AniSora V1 uses it).")
 
 
 def build(dtype: torch.dtype = torch.float32, **values) -> CogVideoXI2VBackbone:
@@ -351,8 +331,8 @@ def schedule_from_folder(folder: Path, spec: CogVideoXSpec) -> VSchedule:
 
 def vae_dtype(spec: CogVideoXSpec, dtype: torch.dtype) -> torch.dtype:
     """bf16 VAE on GPU halves decode time and memory at a small fidelity cost; float32 when asked."""
-    if spec.vae_dtype not in ("model", "float32"):
-        raise ConfigError("model.vae_dtype", f"expected model or float32, got {spec.vae_dtype!r}")
+    if spec.vae_dtype not in VAE_DTYPES:
+        raise ConfigError("model.vae_dtype", f"expected one of {', '.join(VAE_DTYPES)}; got {spec.vae_dtype!r}")
     return torch.float32 if spec.vae_dtype == "float32" else dtype
 
 
@@ -379,7 +359,7 @@ def build_random_cogvideox(spec: CogVideoXSpec, tokenizer=None, dtype: torch.dty
             in_channels=spec.in_channels, out_channels=spec.out_channels, time_embed_dim=spec.time_embed_dim,
             ofs_embed_dim=spec.ofs_embed_dim, text_embed_dim=spec.text_embed_dim, num_layers=spec.num_layers,
             sample_width=spec.sample_width, sample_height=spec.sample_height, sample_frames=spec.sample_frames,
-            patch_size=spec.patch_size, patch_size_t=spec.patch_size_t, temporal_compression_ratio=4,
+            patch_size=spec.patch_size, patch_size_t=spec.patch_size_t, temporal_compression_ratio=VAE_TEMPORAL,
             max_text_seq_length=spec.max_text_seq_length,
             use_rotary_positional_embeddings=spec.use_rotary_positional_embeddings,
             use_learned_positional_embeddings=spec.use_learned_positional_embeddings,
@@ -388,7 +368,7 @@ def build_random_cogvideox(spec: CogVideoXSpec, tokenizer=None, dtype: torch.dty
         vae = AutoencoderKLCogVideoX(
             block_out_channels=tuple(spec.vae_block_out_channels), latent_channels=spec.out_channels,
             layers_per_block=spec.vae_layers_per_block, norm_num_groups=spec.vae_norm_num_groups,
-            temporal_compression_ratio=4, scaling_factor=spec.vae_scaling_factor,
+            temporal_compression_ratio=VAE_TEMPORAL, scaling_factor=spec.vae_scaling_factor,
             down_block_types=("CogVideoXDownBlock3D",) * blocks, up_block_types=("CogVideoXUpBlock3D",) * blocks,
         )
         tokenizer = tokenizer or word_tokenizer(world_vocabulary())

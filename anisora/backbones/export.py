@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from anisora.accelerators.checkpoint_io import write_atomically
 from anisora.backbones.base import BackboneAdapter
 from anisora.config.errors import ConfigError
 from anisora.diffusion.sampling import SamplerSpec, build_scheduler
+from anisora.io import atomic_write_folder
 
 
 def stock_pipeline(backbone: BackboneAdapter, sampler: SamplerSpec | None = None):
@@ -27,7 +27,8 @@ def stock_pipeline(backbone: BackboneAdapter, sampler: SamplerSpec | None = None
 
         sampler = sampler or SamplerSpec(name="unipc", num_steps=40, shift=3.0)
         parts = {"tokenizer": backbone.prompt_encoder.tokenizer, "text_encoder": backbone.prompt_encoder.encoder,
-                 "transformer": backbone.denoiser, "vae": backbone.codec.vae, "scheduler": build_scheduler(sampler)}
+                 "transformer": backbone.active_denoiser, "vae": backbone.codec.vae,
+                 "scheduler": build_scheduler(sampler)}
         if isinstance(backbone, WanI2VBackbone):
             image = backbone.image_encoder
             return WanImageToVideoPipeline(image_encoder=image.encoder if image else None,
@@ -44,7 +45,7 @@ def export_pipeline(backbone: BackboneAdapter, dst: Path | str, sampler: Sampler
     """`save_pretrained` folder of the whole pipeline, written atomically (a temporary sibling, then renamed)."""
     pipe, dst = stock_pipeline(backbone, sampler), Path(dst)
     check_empty(dst, overwrite)
-    write_atomically(dst, overwrite, pipe.save_pretrained, key="out")
+    atomic_write_folder(dst, pipe.save_pretrained, overwrite, key="out")
     return dst
 
 
@@ -69,6 +70,6 @@ def export_lora(backbone: BackboneAdapter, dst: Path | str, adapter_name: str = 
     layers = lora_state_dict(backbone, adapter_name)
     metadata = backbone.denoiser.peft_config[adapter_name].to_dict()
     check_empty(dst, overwrite)
-    write_atomically(dst, overwrite, lambda tmp: pipe_cls.save_lora_weights(
-        tmp, transformer_lora_layers=layers, transformer_lora_adapter_metadata=metadata), key="out")
+    atomic_write_folder(dst, lambda tmp: pipe_cls.save_lora_weights(
+        tmp, transformer_lora_layers=layers, transformer_lora_adapter_metadata=metadata), overwrite, key="out")
     return dst

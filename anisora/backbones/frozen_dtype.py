@@ -38,8 +38,9 @@ def resolve_frozen_dtype(setting: str, precision: str, strategy: str) -> torch.d
 
 
 def frozen_parameters(backbone: BackboneAdapter) -> list[nn.Parameter]:
-    """Parameters that never train: the denoiser's frozen ones (a LoRA base) and frozen text/image encoders."""
-    params = [p for p in backbone.denoiser.parameters() if not p.requires_grad]
+    """Parameters that never train: the denoiser's frozen ones (a LoRA base) and frozen text/image encoders. Frozen
+    adapters (an EMA role's) stay as they are: they are small and average in full precision."""
+    params = [p for n, p in backbone.denoiser.named_parameters() if not p.requires_grad and "lora_" not in n]
     for name in ("prompt_encoder", "image_encoder"):
         module = getattr(backbone, name, None)
         if isinstance(module, nn.Module):

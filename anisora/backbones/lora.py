@@ -45,14 +45,14 @@ def check_targets(denoiser: nn.Module, targets: list[str]) -> None:
         if not matched:
             raise ConfigError(f"{KEY}.targets", f"{target!r} matches no module of {type(denoiser).__name__}; "
                               f"layers of a block: {', '.join(layer_names(denoiser))}")
-        if not any(isinstance(m, LAYER_TYPES) for m in matched):
+        if not any(isinstance(m, LAYER_TYPES) or hasattr(m, "base_layer") for m in matched):  # or adapted already
             raise ConfigError(f"{KEY}.targets", f"{target!r} names {type(matched[0]).__name__}, not a linear layer; "
                               f"layers of a block: {', '.join(layer_names(denoiser))}")
 
 
-def add_lora(denoiser: nn.Module, lora: Mapping[str, Any] | None, seed: int = 0) -> bool:
-    """Adapters on the configured projections (initialised from `seed`, so every build is the same);
-    False and nothing changed for full fine-tuning."""
+def add_lora(denoiser: nn.Module, lora: Mapping[str, Any] | None, seed: int = 0, adapter_name: str = "default") -> bool:
+    """Adapters named `adapter_name` on the configured projections (initialised from `seed`, so every build is the
+    same); False and nothing changed for full fine-tuning."""
     rank = lora_rank(lora)
     if rank == 0:
         return False
@@ -71,7 +71,7 @@ def add_lora(denoiser: nn.Module, lora: Mapping[str, Any] | None, seed: int = 0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            denoiser.add_adapter(config)
+            denoiser.add_adapter(config, adapter_name=adapter_name)
         except ValueError as ex:  # a target that is no linear/conv layer
             raise ConfigError(f"{KEY}.targets", " ".join(str(ex).split())[:200]) from None
     return True

@@ -7,19 +7,21 @@ encoder is a small UMT5 over a word-level vocabulary built offline with `tokeniz
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from diffusers import WanTransformer3DModel
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from torch import nn
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
+from anisora.backbones.specs import spec_class
 from anisora.backbones.text_encoders import UMT5PromptEncoder
 from anisora.backbones.wan import WanI2VBackbone
+from anisora.config.schema import TinyModelConfig
 from anisora.data import synthetic
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
+TEMPORAL_FACTOR = 4  # as Wan's VAE: frame 0 alone, then groups of 4
+PATCH = (1, 2, 2)  # the DiT's (time, height, width) patch
 
 
 class SpaceToDepthCodec(nn.Module):
@@ -90,22 +92,8 @@ def word_tokenizer(vocabulary: list[str]) -> PreTrainedTokenizerFast:
                                    model_input_names=["input_ids", "attention_mask"])
 
 
-@dataclass
-class TinyBackboneSpec:
-    spatial_factor: int = 2
-    residual_latents: bool = False
-    latent_scale: float = 1.0
-    num_layers: int = 4
-    num_attention_heads: int = 4
-    attention_head_dim: int = 32
-    ffn_dim: int = 256
-    freq_dim: int = 64
-    text_dim: int = 64
-    text_layers: int = 2
-    text_heads: int = 4
-    max_sequence_length: int = 32
-    train_text_encoder: bool = False
-    init_seed: int = 0
+TinyBackboneSpec = spec_class("TinyBackboneSpec", TinyModelConfig, __name__,
+                              "The tiny model's network: TinyModelConfig's fields and defaults.")
 
 
 def build(**fields) -> WanI2VBackbone:
@@ -117,7 +105,7 @@ def build_tiny_backbone(spec: TinyBackboneSpec) -> WanI2VBackbone:
     """Builds the components from `init_seed`, so the same spec always gives the same weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.init_seed)
-        codec = SpaceToDepthCodec(spec.spatial_factor, 4, spec.latent_scale, spec.residual_latents)
+        codec = SpaceToDepthCodec(spec.spatial_factor, TEMPORAL_FACTOR, spec.latent_scale, spec.residual_latents)
         tokenizer = word_tokenizer(world_vocabulary())
         encoder = UMT5EncoderModel(UMT5Config(
             vocab_size=len(tokenizer), d_model=spec.text_dim, d_kv=spec.text_dim // spec.text_heads,
@@ -125,8 +113,8 @@ def build_tiny_backbone(spec: TinyBackboneSpec) -> WanI2VBackbone:
             relative_attention_num_buckets=8, dropout_rate=0.0,
         )).eval().requires_grad_(False)
         transformer = WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=spec.num_attention_heads,
-            attention_head_dim=spec.attention_head_dim, in_channels=2 * codec.channels + 4,
+            patch_size=PATCH, num_attention_heads=spec.num_attention_heads,
+            attention_head_dim=spec.attention_head_dim, in_channels=2 * codec.channels + TEMPORAL_FACTOR,
             out_channels=codec.channels, text_dim=spec.text_dim, freq_dim=spec.freq_dim, ffn_dim=spec.ffn_dim,
             num_layers=spec.num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
             rope_max_seq_len=64,

@@ -11,7 +11,7 @@ import torch
 from diffusers import WanTransformer3DModel
 from torch import nn
 
-from anisora.backbones.base import BackboneAdapter, Conditioning
+from anisora.backbones.base import BackboneAdapter, Conditioning, SpeedupProfile
 from anisora.guidance.fold import fold_mask_wan
 
 
@@ -30,7 +30,10 @@ class LatentCodec(Protocol):
 class WanBackbone(BackboneAdapter):
     """What T2V and I2V share: codec, UMT5 prompts, the DiT call and the flow-matching objective."""
 
-    objective = "flow_match"
+    speedup_profile = SpeedupProfile(
+        taylorseer_modules=(r"blocks\.\d+\.(attn1|attn2|ffn)",),
+        faster_cache={"spatial_attention_block_skip_range": 2, "spatial_attention_timestep_skip_range": (-1, 681),
+                      "spatial_attention_block_identifiers": (r"^blocks\.\d+\.attn1$",), "tensor_format": "BCFHW"})
     guide_channels = 0  # channels concatenated to the noisy latent
 
     def __init__(self, transformer: WanTransformer3DModel, codec: nn.Module, prompt_encoder: nn.Module,
@@ -69,7 +72,7 @@ class WanBackbone(BackboneAdapter):
     def encode_video(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.codec.encode(pixels)
 
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode_latents(self, latents: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
         return self.codec.decode(latents)
 
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
@@ -80,7 +83,7 @@ class WanBackbone(BackboneAdapter):
         image = cond.image
         if image is not None and self.denoiser.config.pos_embed_seq_len is not None:
             image = image.reshape(-1, image.shape[1] // 2, image.shape[2])  # the DiT pairs them up again
-        return self.denoiser(
+        return self.active_denoiser(
             hidden_states=hidden,
             timestep=timestep,
             encoder_hidden_states=cond.text,
@@ -94,7 +97,8 @@ class WanT2VBackbone(WanBackbone):
 
     uses_guides = False
 
-    def condition(self, guide_video: torch.Tensor, guide_mask: torch.Tensor) -> torch.Tensor:
+    def condition(self, guide_video: torch.Tensor, guide_mask: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
         b, _, f, h, w = guide_video.shape
         t = (f - 1) // self.temporal_factor + 1
         return guide_video.new_zeros(b, 0, t, h // self.spatial_factor, w // self.spatial_factor)
@@ -109,7 +113,8 @@ class WanI2VBackbone(WanBackbone):
     def guide_channels_for(codec: LatentCodec) -> int:
         return codec.channels + codec.temporal_factor
 
-    def condition(self, guide_video: torch.Tensor, guide_mask: torch.Tensor) -> torch.Tensor:
+    def condition(self, guide_video: torch.Tensor, guide_mask: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
         latent = self.codec.encode(guide_video)
         mask = fold_mask_wan(guide_mask, self.temporal_factor, latent.shape[-2], latent.shape[-1])
         return torch.cat([mask.to(latent.dtype), latent], dim=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -19,55 +19,24 @@ from transformers import (
     UMT5EncoderModel,
 )
 
+from anisora.backbones.specs import spec_class
 from anisora.backbones.text_encoders import UMT5PromptEncoder
 from anisora.backbones.wan import WanBackbone, WanI2VBackbone, WanT2VBackbone
 from anisora.backbones.wan_parts import CLIPImageEncoder, WanVAECodec
 from anisora.config.errors import ConfigError
+from anisora.config.schema import WanModelConfig
 
 log = logging.getLogger("anisora.backbones")
 
 TEXT_PARTS = ("transformer", "vae", "text_encoder", "tokenizer")
 IMAGE_PARTS = ("image_encoder", "image_processor")
+PATCH = (1, 2, 2)  # the DiT's (time, height, width) patch
+VAE_TEMPORAL, VAE_SPATIAL = 4, 8  # Wan2.1's VAE: frame 0 alone then groups of 4; 8x8 pixels per latent
 
 
-@dataclass
-class WanSpec:
-    """A Wan2.1 model: where its weights are, or the architecture to build with random weights."""
-
-    variant: str = "i2v"  # t2v | i2v
-    ckpt: str | None = None  # diffusers-format folder: transformer/ vae/ text_encoder/ tokenizer/ [image_encoder/ ...]
-    transformer: str | None = None  # DiT weights to use instead of ckpt's: Wan original layout (AniSora V2/V3
-    #                                 releases: a file or a folder of shards) or a diffusers transformer folder
-    # DiT (used when ckpt is None; a folder's own config.json wins otherwise)
-    num_layers: int = 40
-    num_attention_heads: int = 40
-    attention_head_dim: int = 128
-    ffn_dim: int = 13824
-    in_channels: int = 36
-    out_channels: int = 16
-    text_dim: int = 4096
-    freq_dim: int = 256
-    image_dim: int | None = 1280
-    added_kv_proj_dim: int | None = 5120  # Wan2.1 I2V's own k_img/v_img projections of the CLIP tokens (= dim)
-    pos_embed_seq_len: int | None = None  # 2 x 257 for first+last-frame (FLF2V) models
-    rope_max_seq_len: int = 1024
-    # UMT5-XXL text encoder
-    max_sequence_length: int = 512
-    text_layers: int = 24
-    text_heads: int = 64
-    text_ff: int = 10240
-    text_vocab: int = 256384
-    # open-clip XLM-RoBERTa ViT-H/14 vision tower (257 tokens of 1280)
-    clip_layers: int = 32
-    clip_heads: int = 16
-    clip_ff: int = 5120
-    clip_image_size: int = 224
-    clip_patch: int = 14
-    # VAE and memory policy
-    vae_base_dim: int = 96
-    vae_tiling: bool = False
-    train_text_encoder: bool = False
-    init_seed: int = 0
+WanSpec = spec_class("WanSpec", WanModelConfig, __name__,
+                     "A Wan2.1 model: where its weights are, or the architecture to build with random weights "
+                     "(WanModelConfig's fields and defaults; a folder's own config.json wins over them).")
 
 
 def build(dtype: torch.dtype = torch.float32, **values) -> WanBackbone:
@@ -145,7 +114,7 @@ def load_transformer(path: Path, dtype: torch.dtype, head_dim: int = 128) -> Wan
         raise ConfigError("model.transformer", f"{path} does not exist")
     if (path / "config.json").is_file():
         return WanTransformer3DModel.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
-    from anisora.tasks.convert import load_original
+    from anisora.backbones.convert import load_original
 
     model, _ = load_original("wan-original", path, dtype=DTYPE_NAMES.get(dtype, "keep"), log=log.info,
                              head_dim=head_dim)
@@ -159,7 +128,7 @@ def build_random_wan(spec: WanSpec, tokenizer=None) -> WanBackbone:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.init_seed)
         transformer = WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=spec.num_attention_heads,
+            patch_size=PATCH, num_attention_heads=spec.num_attention_heads,
             attention_head_dim=spec.attention_head_dim, in_channels=spec.in_channels,
             out_channels=spec.out_channels, text_dim=spec.text_dim, freq_dim=spec.freq_dim, ffn_dim=spec.ffn_dim,
             num_layers=spec.num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",

@@ -119,8 +119,9 @@ class WanModelConfig:
 
     _target_: str = "anisora.backbones.wan_loading.build"
     kind: str = choice("wan")
+    init: str = choice("pretrained", "random")  # random: no weights needed (benchmarks, from scratch); needs no ckpt
     variant: str = choice("i2v", "t2v")
-    ckpt: Optional[str] = None  # diffusers-format folder; None builds random weights (benchmarks, from scratch)
+    ckpt: Optional[str] = None  # diffusers-format folder (required unless init=random)
     transformer: Optional[str] = None  # DiT weights replacing ckpt's: Wan original layout (AniSora V2/V3) or a folder
     num_layers: int = bounded(40, 1)
     num_attention_heads: int = bounded(40, 1)
@@ -168,7 +169,8 @@ class CogVideoXModelConfig:
 
     _target_: str = "anisora.backbones.cogvideox.build"
     kind: str = choice("cogvideox")
-    ckpt: Optional[str] = None
+    init: str = choice("pretrained", "random")  # random: no weights needed (benchmarks, from scratch); needs no ckpt
+    ckpt: Optional[str] = None  # diffusers-format folder (required unless init=random)
     num_layers: int = bounded(42, 1)
     num_attention_heads: int = bounded(48, 1)
     attention_head_dim: int = bounded(64, 2)
@@ -204,6 +206,34 @@ class CogVideoXModelConfig:
     offload_encoders: bool = True
     lora: Optional[LoraConfig] = field(default_factory=lambda: LoraConfig(targets=list(COGVIDEOX_LORA_TARGETS)))
     native: NativeSizeConfig = field(default_factory=lambda: NativeSizeConfig(num_frames=49, height=480, width=720))
+    objective: VPredObjectiveConfig = field(default_factory=VPredObjectiveConfig)
+
+
+@dataclass
+class TinyCogVideoXModelConfig:
+    """The tiny CogVideoX-I2V-layout backbone, v-prediction (see anisora.backbones.tiny_cogvideox)."""
+
+    _target_: str = "anisora.backbones.tiny_cogvideox.build"
+    kind: str = choice("tiny_cogvideox")
+    spatial_factor: int = bounded(1, 1)
+    latent_scale: float = bounded(2.0, 1e-6)
+    num_layers: int = bounded(4, 1)
+    num_attention_heads: int = bounded(4, 1)
+    attention_head_dim: int = bounded(32, 16)  # a multiple of 16: the 3D RoPE splits it 2:3:3 over (t, h, w)
+    time_embed_dim: int = bounded(128, 2)
+    patch_size: int = bounded(2, 1)
+    sample_height: int = bounded(16, 1)  # latent grid the rotary embeddings are laid out for (any size runs)
+    sample_width: int = bounded(16, 1)
+    sample_frames: int = bounded(5, 1)
+    text_dim: int = bounded(64, 2)
+    text_layers: int = bounded(2, 1)
+    text_heads: int = bounded(4, 1)
+    text_ff: int = bounded(128, 1)
+    max_sequence_length: int = bounded(32, 4)
+    empty_prompt: str = choice("zeros", "encode")  # zeros: AniSora V1's unconditional text
+    snr_shift_scale: float = bounded(1.0, 1e-6)  # CogVideoX-5B's schedule; > 1 puts more steps at high noise
+    init_seed: int = 0
+    lora: Optional[LoraConfig] = field(default_factory=lambda: LoraConfig(targets=list(COGVIDEOX_LORA_TARGETS)))
     objective: VPredObjectiveConfig = field(default_factory=VPredObjectiveConfig)
 
 
@@ -252,7 +282,11 @@ class GuideConfig:
 
 @dataclass
 class SamplerConfig:
-    name: str = choice("euler", "unipc", "cogvideox_dpm", "cogvideox_ddim")
+    """One sampler of the sampler core (anisora.diffusion.sampling); the dataclass doubles as its runtime spec."""
+
+    # flow matching: euler, unipc (Wan), flow_sde (stochastic, with log-probabilities), euler_renoise (x0, then fresh
+    # noise: few-step students); v-prediction: cogvideox_dpm, cogvideox_ddim
+    name: str = choice("euler", "unipc", "flow_sde", "euler_renoise", "cogvideox_dpm", "cogvideox_ddim")
     num_steps: int = bounded(30, 1)
     shift: float = bounded(3.0, 0.01)
     guidance_scale: float = bounded(5.0, 0.0)
@@ -260,26 +294,34 @@ class SamplerConfig:
     clamp_x0: Optional[float] = bounded(None, 0.0)  # clamp the implied clean latent each step; None = off
     replace_known: bool = False  # re-impose guided latent entries each step (pixel-exact codecs: the tiny model)
     dynamic_cfg: bool = False  # CogVideoX's cosine CFG schedule (v-prediction samplers only)
+    sigmas: Optional[list[float]] = None  # exact noise levels, e.g. [1, 0.9375, 0.8333, 0.625] (4-step students)
+    noise_level: float = bounded(0.7, 0.0)  # flow_sde: a in sigma_t = a sqrt(s / (1 - s)) (Flow-GRPO's default)
+
+
+#: step caches and context-parallel layouts the speed-ups accept (their modules read these)
+CACHE_KINDS = ("none", "first_block", "faster", "taylorseer", "taylorseer_lite", "mag")
+CONTEXT_PARALLEL_KINDS = ("ulysses", "ring")
 
 
 @dataclass
 class SpeedupConfig:
-    """Inference speed-ups (anisora.inference.speedups); options of the `speedup` group compose as a list."""
+    """Inference speed-ups (anisora.inference.speedups); options of the `speedup` group compose as a list.
+    `SpeedupSpec` is this dataclass with its checks: the defaults here are the only ones."""
 
-    compile: bool = False
+    compile: bool = False  # torch.compile of each repeated transformer block (regional compilation)
     compile_backend: str = "inductor"
-    compile_mode: Optional[str] = None
-    cache: str = choice("none", "first_block", "faster", "taylorseer", "mag")
-    cache_threshold: float = bounded(0.05, 0.0)
-    cache_interval: int = bounded(5, 1)
-    cache_warmup_steps: int = bounded(3, 0)
-    mag_ratios: Optional[list[float]] = None
-    fp8: bool = False
-    lowvram: bool = False
+    compile_mode: Optional[str] = None  # e.g. max-autotune-no-cudagraphs
+    cache: str = choice(*CACHE_KINDS)  # diffusers cache hooks (anisora.inference.speedups.caches)
+    cache_threshold: float = bounded(0.05, 0.0)  # first_block: relative change of the first residual; mag: error budget
+    cache_interval: int = bounded(5, 1)  # taylorseer(_lite): full computation every N steps
+    cache_warmup_steps: int = bounded(3, 0)  # taylorseer(_lite): steps computed in full before caching starts
+    mag_ratios: Optional[list[float]] = None  # mag: calibrated magnitude ratios of this model and step count
+    fp8: bool = False  # float8 dynamic-activation linear layers through torchao (Hopper and newer)
+    lowvram: bool = False  # diffusers group offloading: blocks stream from CPU memory with CUDA streams
     lowvram_blocks_per_group: int = bounded(1, 1)
     context_parallel: int = bounded(1, 1)  # torchrun processes splitting one video (diffusers context parallel)
-    context_parallel_kind: str = choice("ulysses", "ring")
-    best_effort: bool = False
+    context_parallel_kind: str = choice(*CONTEXT_PARALLEL_KINDS)  # ulysses (all-to-all over heads) | ring
+    best_effort: bool = False  # skip (with a warning) what cannot apply here instead of failing
 
 
 @dataclass
@@ -308,19 +350,26 @@ class TrainerConfig:
 
 @dataclass
 class CallbacksConfig:
+    """Lightning callbacks: every `_target_` config under `instances` is built (null switches one off); the flat
+    keys are the settings people change most, which the default instances read."""
+
     checkpoint_every_n_steps: int = bounded(250, 1)
     progress_bar: str = choice("tqdm", "rich", "none")
     lr_monitor: bool = True
     sample_videos: bool = True
+    instances: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class LoggerConfig:
+    """The experiment logger: `instance` is its `_target_` config (built with this run's folder as save_dir)."""
+
     kind: str = choice("wandb", "csv", "none")
     project: str = "anisora"
     entity: Optional[str] = None
     offline: bool = True
     log_videos: bool = True
+    instance: Optional[Any] = None
 
 
 @dataclass
@@ -344,6 +393,7 @@ class TrainTaskConfig:
     task_name: str = "train"
     seed: int = 0
     ckpt_path: Optional[str] = None  # "last" resumes the newest last.ckpt under paths.log_dir/train
+    method: Any = MISSING  # the LightningModule by `_target_` and its own options (conf/method/)
     model: Any = MISSING
     data: DataConfig = MISSING
     guide: GuideConfig = MISSING
@@ -375,6 +425,7 @@ class InferTaskConfig:
     accelerator: AcceleratorConfig = MISSING
     speedup: SpeedupConfig = field(default_factory=SpeedupConfig)
     out: OutputConfig = field(default_factory=OutputConfig)
+    optimizer: Optional[Any] = None  # a model preset's training recipe (train.py reads it; ignored here)
     paths: PathsConfig = MISSING
 
 
@@ -400,6 +451,7 @@ class EncodeTaskConfig:
     sampler: Any = None  # model configs pick their sampler; encoding does not sample
     model: Any = MISSING
     accelerator: AcceleratorConfig = MISSING
+    optimizer: Optional[Any] = None  # a model preset's training recipe (train.py reads it; ignored here)
     paths: PathsConfig = MISSING
 
 
@@ -419,4 +471,6 @@ class EvaluateTaskConfig:
     accelerator: AcceleratorConfig = MISSING
     speedup: SpeedupConfig = field(default_factory=SpeedupConfig)
     logger: LoggerConfig = MISSING
+    optimizer: Optional[Any] = None  # a model preset's training recipe (train.py reads it; ignored here)
     paths: PathsConfig = MISSING
+    tags: list[str] = field(default_factory=list)

@@ -21,6 +21,7 @@ def register_configs() -> None:
     cs.store(name="encode_schema", node=schema.EncodeTaskConfig)
     cs.store(name="curate_schema", node=curate_schema.CurateTaskConfig)
     cs.store(group="model", name="tiny_schema", node=schema.TinyModelConfig)
+    cs.store(group="model", name="tiny_cogvideox_schema", node=schema.TinyCogVideoXModelConfig)
     cs.store(group="model", name="wan_schema", node=schema.WanModelConfig)
     cs.store(group="model", name="cogvideox5b_schema", node=schema.CogVideoXModelConfig)
     _REGISTERED = True

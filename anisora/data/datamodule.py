@@ -100,10 +100,17 @@ class SyntheticDataModule(pl.LightningDataModule):
         return DataLoader(ClipList(self.world, self.seed, "val", self.val_clips), batch_size=self.val_clips,
                           collate_fn=collate)
 
+    def batches_consumed(self) -> int:
+        """Training batches this rank has consumed: the method's count, or `accumulate` per optimizer step for a
+        module that keeps none."""
+        if self.trainer is None:
+            return 0
+        counted = getattr(self.trainer.lightning_module, "batches_seen", None)
+        return int(counted) if counted is not None else self.trainer.global_step * self.accumulate
+
     def state_dict(self) -> dict[str, Any]:
-        """The data position (of each rank's share): every optimizer step consumed `accumulate` batches."""
-        steps = self.trainer.global_step if self.trainer is not None else 0
-        return {"samples_seen": steps * self.accumulate * self.batch_size}
+        """The data position (of each rank's share)."""
+        return {"samples_seen": self.batches_consumed() * self.batch_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.samples_seen = int(state.get("samples_seen", 0))
@@ -147,9 +154,8 @@ class ShardDataModule(SyntheticDataModule):
         return sum(self.corrupt_seen.values())
 
     def state_dict(self) -> dict[str, Any]:
-        """The data position: every optimizer step consumed `accumulate` batches of this rank's stream."""
-        steps = self.trainer.global_step if self.trainer is not None else 0
-        batches = steps * self.accumulate
+        """The data position in this rank's stream."""
+        batches = self.batches_consumed()
         return {"batches_seen": batches, "samples_seen": batches * self.batch_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

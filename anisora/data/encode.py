@@ -36,11 +36,11 @@ from anisora.data.shard_format import (
     encode_sample,
     member_size,
     tensor_bytes,
-    write_json_atomically,
     write_tar,
 )
 from anisora.guidance.pair import pair_from_video
 from anisora.guidance.spec import STORED_MODE_FRAMES, stored_mode_indices
+from anisora.io import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger("anisora.encode")
 
@@ -182,8 +182,6 @@ def rank_shards(num_shards: int, rank: int, world_size: int) -> list[int]:
 
 
 def write_unconditional(out: Path, parts: dict[str, torch.Tensor]) -> None:
-    from anisora.inference.video_io import atomic_write_bytes
-
     for name, tensor in parts.items():
         data = tensor_bytes(tensor)
         path = out / name
@@ -210,7 +208,7 @@ def encode_shard(encoder: ClipEncoder, reader: SourceReader, out: Path, k: int, 
     size = write_tar(out / f"{shard_name(k)}.tar", samples)
     index = {"shard": f"{shard_name(k)}.tar", "samples": len(samples), "bytes": size,
              "clips": [r.id for r in records], "skipped": skipped}
-    write_json_atomically(out / f"{shard_name(k)}.json", index)
+    atomic_write_json(out / f"{shard_name(k)}.json", index)
     return index
 
 
@@ -255,7 +253,7 @@ def encode_shards(backbone: BackboneAdapter, records: list[ClipRecord], out: Pat
         "num_shards": num_shards, "shards": f"{{{shard_name(0)}..{shard_name(max(num_shards - 1, 0))}}}.tar",
         **completed_counts(out, num_shards),
     }
-    write_json_atomically(out / DATASET_INFO, info)
+    atomic_write_json(out / DATASET_INFO, info)
     return info
 
 

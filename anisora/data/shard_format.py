@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from braceexpand import braceexpand
 
 from anisora.config.errors import ConfigError
+from anisora.io import atomic_write
 
 LATENTS, TEXT, META = "latents.pth", "text.pth", "meta.json"
 GUIDE_PREFIX, IMAGE_PREFIX = "guide_", "image_"
@@ -91,29 +91,17 @@ def member_size(size: int) -> int:
     return TAR_BLOCK + -(-size // TAR_BLOCK) * TAR_BLOCK
 
 
+def _write_tar_file(target: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
+    with tarfile.open(target, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, fields in samples:
+            for name in sorted(fields):
+                data = fields[name]
+                tar.addfile(_member(f"{key}.{name}", len(data)), io.BytesIO(data))
+
+
 def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> int:
     """Samples (key, fields) -> `path`, atomically; members in sample order, fields sorted. Returns the size."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            with tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                for key, fields in samples:
-                    for name in sorted(fields):
-                        data = fields[name]
-                        tar.addfile(_member(f"{key}.{name}", len(data)), io.BytesIO(data))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path.stat().st_size
-
-
-def write_json_atomically(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    return atomic_write(path, lambda tmp: _write_tar_file(tmp, samples)).stat().st_size
 
 
 def read_tar(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from anisora.data.manifest import ClipRecord
 from anisora.data.synthetic import WorldConfig, make_clip
-from anisora.inference.video_io import atomic_write_bytes
+from anisora.io import atomic_write_bytes, atomic_write_text
 
 LOSSLESS_CODEC, LOSSLESS_PIX_FMT, CONTAINER = "ffv1", "bgr0", "matroska"
 
@@ -58,6 +58,6 @@ def export_world(out: Path | str, world: WorldConfig, seed: int, count: int, spl
                                         "synthetic_index": float(index)})
             records.append(record.to_json())
     atomic_write_bytes(out / "manifest.jsonl", ("\n".join(records) + "\n").encode())
-    (out / "world.json").write_text(json.dumps({"world": world.__dict__, "seed": seed, "split": split,
-                                                "start": start, "count": count}, indent=2) + "\n")
+    atomic_write_text(out / "world.json", json.dumps({"world": world.__dict__, "seed": seed, "split": split,
+                                                      "start": start, "count": count}, indent=2) + "\n")
     return out / "manifest.jsonl"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,23 @@ class ClipScore:
     first_frame_psnr: float
     temporal_flickering: float
     guide_psnr: dict[str, float] = field(default_factory=dict)  # guided frame -> PSNR inside its kept region
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ClipFailure:
+    """A video that could not be scored: its file name and the error, as one line (type: message)."""
+
+    name: str
+    file: str
+    error: str
+
+    @classmethod
+    def of(cls, path: Path, error: BaseException) -> ClipFailure:
+        message = (str(error).splitlines() or [""])[0]
+        return cls(name=path.stem, file=path.name, error=f"{type(error).__name__}: {message}")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

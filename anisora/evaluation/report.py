@@ -1,5 +1,8 @@
 """Evaluation outputs: metrics.json (flat keys), per_clip.jsonl, report.md and a PNG chart.
 
+per_clip.jsonl holds one line per scored clip, then one per file that could not be scored
+(`name`, `file`, `error`), so a folder with a few bad files still yields a report of the rest.
+
 JSON files are strict JSON (readable by jq or a browser): NaN ("does not apply") is written as null,
 and an infinite PSNR (identical frames) as PSNR_CAP.
 """
@@ -9,14 +12,15 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from anisora.evaluation.metrics import PSNR_CAP, ClipScore
-from anisora.inference.video_io import atomic_write_bytes
+from anisora.evaluation.metrics import PSNR_CAP, ClipFailure, ClipScore
+from anisora.io import atomic_write_bytes
 
 DIRECTIONS = ("left", "right", "up", "down")
 
@@ -80,9 +84,19 @@ def chart_png(scores: list[ClipScore]) -> bytes:
     return buffer.getvalue()
 
 
-def markdown(title: str, metrics: dict[str, float], scores: list[ClipScore]) -> str:
-    """report.md: the metrics table, the chart, then one row per clip."""
-    lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
+def failure_lines(scored: int, failures: Sequence[ClipFailure]) -> list[str]:
+    """The report's note of files that could not be scored, one row each (nothing when all were)."""
+    if not failures:
+        return []
+    lines = [f"Scored {scored} of {scored + len(failures)} files; {len(failures)} could not be read:", "",
+             "| file | error |", "|---|---|"]
+    return lines + [f"| {_cell(f.file)} | {_cell(f.error)} |" for f in failures] + [""]
+
+
+def markdown(title: str, metrics: dict[str, float], scores: list[ClipScore],
+             failures: Sequence[ClipFailure] = ()) -> str:
+    """report.md: the unreadable files (if any), the metrics table, the chart, then one row per clip."""
+    lines = [f"# {title}", "", *failure_lines(len(scores), failures), "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(int(v) if k.startswith('num_') else v)} |" for k, v in sorted(metrics.items())]
     lines += ["", "![metrics](metrics.png)", "",
               "| clip | direction (true / measured) | speed px/frame (true / measured) "
@@ -95,16 +109,16 @@ def markdown(title: str, metrics: dict[str, float], scores: list[ClipScore]) -> 
 
 
 def write_report(folder: str | Path, metrics: dict[str, float], scores: list[ClipScore],
-                 title: str = "Evaluation") -> dict[str, Path]:
+                 title: str = "Evaluation", failures: Sequence[ClipFailure] = ()) -> dict[str, Path]:
     """Write metrics.json, per_clip.jsonl, metrics.png and report.md (each atomically) into `folder`."""
     folder = Path(folder)
     metrics_json = json.dumps({k: _json_safe(v) for k, v in metrics.items()}, indent=2, sort_keys=True,
                               allow_nan=False)
     per_clip = "".join(json.dumps({k: _json_safe(v) for k, v in s.to_json().items()}, allow_nan=False) + "\n"
-                       for s in scores)
+                       for s in [*scores, *failures])
     return {
         "metrics_json": atomic_write_bytes(folder / "metrics.json", (metrics_json + "\n").encode()),
         "per_clip_jsonl": atomic_write_bytes(folder / "per_clip.jsonl", per_clip.encode()),
         "chart_png": atomic_write_bytes(folder / "metrics.png", chart_png(scores)),
-        "report_md": atomic_write_bytes(folder / "report.md", markdown(title, metrics, scores).encode()),
+        "report_md": atomic_write_bytes(folder / "report.md", markdown(title, metrics, scores, failures).encode()),
     }

@@ -45,13 +45,8 @@ def generate_pixels(backbone: BackboneAdapter, prompts: list[str], guide_video: 
     if offload_encoders:
         offload(backbone)
     known = backbone.known_latents(guide_video, guide_mask) if spec.replace_known else None
-    if backbone.objective == "v_pred":
-        from anisora.diffusion.v_prediction import sample_v_prediction
-
-        latents = sample_v_prediction(backbone, cond, uncond, latent_shape, seeds, spec, progress=progress)
-        return backbone.decode_latents(latents, num_frames=f)
     latents = sample(backbone, cond, uncond, latent_shape, seeds, spec, progress=progress, known=known)
-    return backbone.decode_latents(latents)
+    return backbone.decode_latents(latents, num_frames=f)
 
 
 def offload(backbone: BackboneAdapter) -> None:

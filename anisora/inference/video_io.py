@@ -1,15 +1,13 @@
 """Video and image files: H.264 mp4 through PyAV, PNG through Pillow.
 
-Every write goes to a hidden temporary sibling first and is renamed into place, so a crash or a
-reader polling the output folder (W&B, a training callback, a user) never sees a half-written file.
+Every write goes through `anisora.io.atomic_write` (a hidden temporary sibling renamed into place), so
+a crash or a reader polling the output folder (W&B, a training callback, a user) never sees half a file.
 """
 
 from __future__ import annotations
 
 import io
 import math
-import os
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,44 +15,14 @@ import av
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from anisora.io import atomic_write
+
 MP4_CRF = 10  # near-lossless: evaluation re-reads these files, so coding noise must stay below the metrics
 MP4_PRESET = "medium"
 DISPLAY_SIDE = 128  # px: tiny clips are blown up to this shorter side, so players and W&B show them usably
 # BT.601, limited range: swscale's default matrix both ways, tagged so players decode it the same way.
 # Chroma is box-averaged ("AREA") when subsampled: it keeps flat cel colours truer at sprite edges.
 _BT601, _LIMITED_RANGE = 6, 1
-
-
-def _temporary_sibling(path: Path) -> Path:
-    """A hidden name next to `path`, so os.replace stays a same-filesystem rename; the suffix is kept."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Run `write(tmp)`, fsync tmp, then rename it to `path`; the temporary file never outlives a failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_sibling(path)
-    try:
-        write(tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` atomically (temporary sibling + fsync + rename); creates the parent folder."""
-    return _atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _check_frames(frames: np.ndarray) -> np.ndarray:
@@ -125,7 +93,7 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 8, scale: int = 1
         raise ValueError(f"frames: H.264 yuv420p needs an even height and width, got {h}x{w} (HxW)")
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    return _atomic_write(path, lambda tmp: _encode_mp4(tmp, frames, fps))
+    return atomic_write(path, lambda tmp: _encode_mp4(tmp, frames, fps))
 
 
 def read_video(path: str | Path, downscale: int = 1) -> np.ndarray:
@@ -140,11 +108,14 @@ def read_video(path: str | Path, downscale: int = 1) -> np.ndarray:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise ValueError(f"video {path} has no video stream")
+            expected = container.streams.video[0].frames  # from the index; 0 when the container does not say
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     except av.error.FFmpegError as ex:
         raise ValueError(f"video {path} could not be decoded: {ex}".splitlines()[0]) from None
     if not frames:
         raise ValueError(f"video {path} has no frames")
+    if len(frames) < expected:  # cut at a packet boundary: FFmpeg stops quietly at the end of the data
+        raise ValueError(f"video {path} is truncated: {len(frames)} of its {expected} frames decode")
     return downscale_frames(np.stack(frames), downscale)
 
 
@@ -163,7 +134,7 @@ def write_png_frames(folder: str | Path, frames: np.ndarray, prefix: str = "fram
     """One lossless PNG per frame (`frame_0000.png`, ...), each written atomically."""
     frames = _check_frames(frames)
     folder = Path(folder)
-    return [_atomic_write(folder / f"{prefix}{i:04d}.png", _save_png(f)) for i, f in enumerate(frames)]
+    return [atomic_write(folder / f"{prefix}{i:04d}.png", _save_png(f)) for i, f in enumerate(frames)]
 
 
 def contact_sheet(frames: np.ndarray, columns: int | None = None, scale: int = 1) -> np.ndarray:
@@ -185,7 +156,7 @@ def contact_sheet(frames: np.ndarray, columns: int | None = None, scale: int = 1
 def write_contact_sheet(path: str | Path, frames: np.ndarray, columns: int | None = None,
                         scale: int = 1) -> Path:
     """Write `contact_sheet(...)` as one PNG, atomically; columns default to ceil(sqrt(F))."""
-    return _atomic_write(path, _save_png(contact_sheet(frames, columns, scale)))
+    return atomic_write(path, _save_png(contact_sheet(frames, columns, scale)))
 
 
 def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:

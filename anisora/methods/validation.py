@@ -20,7 +20,7 @@ def validate_samples(method: pl.LightningModule, batch: dict[str, Any]) -> None:
     video = batch["video"]
     pairs = [pair_from_video(v.cpu(), [0]) for v in video]
     guide, mask = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
-    with method.ema_weights(), method.encoders_on_device():
+    with method.sampling_weights(), method.encoders_on_device():
         frames = generate(method.backbone, list(batch["caption"]), guide, mask, seeds=list(range(len(video))),
                           spec=method.sampler_spec)
     real = to_uint8_frames(video)

@@ -17,10 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from anisora.config.errors import ConfigError
 from anisora.config.validate import check_config
+from anisora.io import atomic_write_text
 
 log = logging.getLogger("anisora")
 PACKAGES = ("anisora", "torch", "lightning", "diffusers", "transformers", "peft", "hydra-core", "omegaconf",
             "wandb", "webdataset", "av", "numpy")
+RECORD_CONFIG, RECORD_RUN = "config.yaml", "run.json"
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
@@ -48,10 +50,19 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def run_log_file(cfg: DictConfig, run_dir: Path) -> Path:
+    return run_dir / f"{cfg.task_name}.log"
+
+
+def record_files(cfg: DictConfig, run_dir: Path) -> set[Path]:
+    """What `write_run_record` puts in the run folder."""
+    return {run_dir / RECORD_CONFIG, run_dir / RECORD_RUN, run_log_file(cfg, run_dir)}
+
+
 def write_run_record(cfg: DictConfig, run_dir: Path) -> None:
     """Resolved config, overrides, git revision and versions beside the run's outputs."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(run_dir / RECORD_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
     overrides: list[str] = []
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -61,8 +72,8 @@ def write_run_record(cfg: DictConfig, run_dir: Path) -> None:
         pass
     record = {"command": sys.argv, "overrides": overrides, "git_revision": git_revision(Path(__file__).parent),
               "versions": package_versions(), "host": platform.node()}
-    (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-    handler = logging.FileHandler(run_dir / f"{cfg.task_name}.log")
+    atomic_write_text(run_dir / RECORD_RUN, json.dumps(record, indent=2) + "\n")
+    handler = logging.FileHandler(run_log_file(cfg, run_dir))
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
     logging.getLogger().addHandler(handler)
     route_library_logs()
@@ -76,6 +87,26 @@ def route_library_logs() -> None:
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
         logger.propagate = True
+
+
+def close_run_log(log_file: Path) -> None:
+    """Detach the run's log file from the root logger: the next job of a multirun (same process) must not
+    write into it, and a refused run's file can then be removed."""
+    root, target = logging.getLogger(), str(log_file.resolve())
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and handler.baseFilename == target:
+            root.removeHandler(handler)
+            handler.close()
+
+
+def discard_run_record(cfg: DictConfig, run_dir: Path) -> None:
+    """A run refused after it recorded itself but before it wrote anything else leaves no record behind."""
+    record = record_files(cfg, run_dir)
+    if not run_dir.is_dir() or any(path not in record for path in run_dir.iterdir()):
+        return
+    close_run_log(run_log_file(cfg, run_dir))
+    for path in record:
+        path.unlink(missing_ok=True)
 
 
 def remove_if_empty(folder: Path, top: Path) -> None:
@@ -101,10 +132,12 @@ def run_task(cfg: DictConfig, groups: list[str], body: Callable[[DictConfig, Pat
         check_config(cfg, groups)
         return body(cfg, run_dir)
     except ConfigError as ex:
+        discard_run_record(cfg, run_dir)
         remove_if_empty(run_dir, Path(cfg.paths.log_dir))
         print(f"error: {ex}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
+        close_run_log(run_log_file(cfg, run_dir))
         if "wandb" in sys.modules:
             import wandb
 

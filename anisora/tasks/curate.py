@@ -29,7 +29,7 @@ from anisora.data.curation.frames import list_sources
 from anisora.data.curation.parts import part_path, read_part, remove_stale_temporaries, write_part
 from anisora.data.curation.report import report_markdown, thresholds, write_histograms
 from anisora.data.manifest import ClipRecord
-from anisora.inference.video_io import atomic_write_bytes
+from anisora.io import atomic_write_bytes
 from anisora.tasks.common import write_run_record
 
 log = logging.getLogger("anisora.curate")

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from anisora.accelerators.devices import inference_dtype, local_device, set_num_threads
-from anisora.backbones import BackboneAdapter, build_backbone, latent_grid, load_pretrained
+from anisora.backbones import BackboneAdapter, build_backbone, check_model_config, latent_grid, load_pretrained
 from anisora.backbones.base import check_clip_shape
 from anisora.config.errors import ConfigError
 from anisora.data.clip_source import ClipFormat
@@ -79,6 +79,7 @@ def encode(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     except ConfigError as ex:  # the clip keys are top-level here
         key = ex.key.removeprefix("encode.")
         raise ConfigError(key, str(ex).removeprefix(f"{ex.key}: ")) from None
+    check_model_config(model, cfg.accelerator.name, cfg.accelerator.precision)
     rank, world = rank_and_world(cfg)
     device = local_device(cfg.accelerator.name, int(os.environ.get("LOCAL_RANK", rank)))
     settings = EncodeSettings(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from anisora.accelerators.devices import (
 from anisora.config.errors import ConfigError
 from anisora.data.captions import caption_with_scores
 from anisora.data.synthetic import benchmark_clips
-from anisora.evaluation.metrics import ClipScore, aggregate, guide_fidelity, score_clip
+from anisora.evaluation.metrics import ClipFailure, ClipScore, aggregate, guide_fidelity, score_clip
 from anisora.evaluation.report import write_report
 from anisora.guidance.spec import build_pair, guide_spec
 from anisora.inference.guide_files import GuideFiles, check_guide_paths
@@ -29,13 +30,13 @@ from anisora.inference.loading import load_model, read_hparams, trained_data
 from anisora.inference.pipeline import from_uint8_frames, generate, to_uint8_frames
 from anisora.inference.speedups import SpeedupSpec, apply_speedups, check_speedups
 from anisora.inference.video_io import (
-    atomic_write_bytes,
     display_scale,
     encode_png,
     read_image,
     read_video,
     write_mp4,
 )
+from anisora.io import atomic_write_bytes
 from anisora.tasks.common import environment_defaults, find_checkpoint, run_task, write_run_record
 from anisora.tasks.infer import sampler_spec, world_from_data
 
@@ -43,26 +44,45 @@ log = logging.getLogger("anisora.evaluate")
 GROUPS = ["guide", "sampler", "accelerator", "logger", "paths"]
 
 
-def score_folder(folder: Path) -> list[ClipScore]:
-    """Score every mp4 in a folder; sidecars: <stem>.json (`truth`, `scale`), <stem>.guide.png (the first
-    frame's guide) and <stem>.guide.npz (every guided frame with its kept region)."""
+# What a damaged video or sidecar raises while it is read and scored (zip: a cut .guide.npz).
+UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+def score_file(path: Path) -> ClipScore:
+    """Score one mp4 with its sidecars: <stem>.json (`truth`, `scale`), <stem>.guide.png (the first frame's
+    guide) and <stem>.guide.npz (every guided frame with its kept region)."""
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    video = read_video(path, downscale=int(meta.get("scale", 1)))
+    guide_path = path.with_suffix(".guide.png")
+    guide = read_image(guide_path) if guide_path.is_file() else None
+    guides = None
+    npz_path = path.with_suffix(".guide.npz")
+    if npz_path.is_file():
+        with np.load(npz_path) as z:
+            guides = guide_fidelity(video, z["given"], z["keep"], [int(i) for i in z["indices"]])
+    return score_clip(path.stem, video, guide, meta.get("truth"), guides)
+
+
+def score_folder(folder: Path) -> tuple[list[ClipScore], list[ClipFailure]]:
+    """Score every mp4 in a folder; a file that cannot be read is recorded with its error and the rest are
+    scored. Refused (ConfigError) only when there is nothing to score."""
     videos = sorted(folder.glob("*.mp4"))
     if not videos:
         raise ConfigError("videos", f"no .mp4 files in {folder}")
-    scores = []
+    scores, failures = [], []
     for path in videos:
-        meta_path = path.with_suffix(".json")
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        guide_path = path.with_suffix(".guide.png")
-        video = read_video(path, downscale=int(meta.get("scale", 1)))
-        guide = read_image(guide_path) if guide_path.is_file() else None
-        guides = None
-        npz_path = path.with_suffix(".guide.npz")
-        if npz_path.is_file():
-            with np.load(npz_path) as z:
-                guides = guide_fidelity(video, z["given"], z["keep"], [int(i) for i in z["indices"]])
-        scores.append(score_clip(path.stem, video, guide, meta.get("truth"), guides))
-    return scores
+        try:
+            scores.append(score_file(path))
+        except UNREADABLE as ex:
+            failures.append(ClipFailure.of(path, ex))
+            log.warning("%s not scored: %s", path.name, failures[-1].error)
+    if not scores:
+        first = failures[0]
+        raise ConfigError("videos", f"none of the {len(videos)} .mp4 files in {folder} could be read "
+                                    f"(first: {first.file}: {first.error})")
+    log.info("scored %d of %d videos (%d unreadable)", len(scores), len(videos), len(failures))
+    return scores, failures
 
 
 def guided_frames(guide: torch.Tensor, mask: torch.Tensor) -> tuple[list[int], np.ndarray, np.ndarray]:
@@ -101,7 +121,7 @@ def generate_benchmark(cfg: DictConfig, ckpt: Path, run_dir: Path) -> list[ClipS
     files = GuideFiles(h, w, cfg.guide.resize)
     scale = display_scale(h, w)
     clips = benchmark_clips(world, int(data.get("seed", 0)), cfg.num_clips)
-    sampler = sampler_spec(cfg)
+    sampler = sampler_spec(cfg, model.hparams)  # the checkpoint's own sampler, with command-line changes
     scores: list[ClipScore] = []
     for start in range(0, len(clips), cfg.batch_size):
         batch = clips[start : start + cfg.batch_size]
@@ -154,9 +174,9 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     environment_defaults()
     write_run_record(cfg, run_dir)
     set_num_threads(cfg.accelerator.num_threads)
-    scores = score_folder(folder) if ckpt is None else generate_benchmark(cfg, ckpt, run_dir)
-    metrics = aggregate(scores)
-    paths = write_report(run_dir, metrics, scores, title=f"Evaluation of {ckpt or cfg.videos}")
+    scores, failures = score_folder(folder) if ckpt is None else (generate_benchmark(cfg, ckpt, run_dir), [])
+    metrics = aggregate(scores) | {"num_failed": float(len(failures))}
+    paths = write_report(run_dir, metrics, scores, title=f"Evaluation of {ckpt or cfg.videos}", failures=failures)
     log_to_wandb(cfg, run_dir, metrics, paths["chart_png"])
     width = max(len(k) for k in metrics)
     print("\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}"

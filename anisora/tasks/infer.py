@@ -20,7 +20,7 @@ from anisora.accelerators.devices import (
     set_num_threads,
 )
 from anisora.accelerators.distributed import close_process_group, init_process_group, require_world
-from anisora.backbones import latent_grid, load_pretrained
+from anisora.backbones import check_folder, check_model_config, latent_grid, load_pretrained, one_guide_per_slot
 from anisora.backbones.base import check_clip_shape
 from anisora.config.errors import ConfigError
 from anisora.config.validate import check_node
@@ -35,13 +35,13 @@ from anisora.inference.pipeline import from_uint8_frames, generate, to_uint8_fra
 from anisora.inference.speedups import SpeedupSpec, apply_speedups, check_speedups
 from anisora.inference.speedups.caches import check_cache_memory
 from anisora.inference.video_io import (
-    atomic_write_bytes,
     display_scale,
     encode_png,
     write_contact_sheet,
     write_mp4,
     write_png_frames,
 )
+from anisora.io import atomic_write_bytes, atomic_write_text
 from anisora.tasks.common import environment_defaults, find_checkpoint, run_task, write_run_record
 
 log = logging.getLogger("anisora.infer")
@@ -56,8 +56,38 @@ def check_guide_files(cfg: DictConfig) -> bool:
     return own
 
 
-def sampler_spec(cfg: DictConfig) -> SamplerSpec:
-    return SamplerSpec(**OmegaConf.to_container(cfg.sampler, resolve=True))
+def sampler_spec(cfg: DictConfig, trained: dict | None = None) -> SamplerSpec:
+    """The sampler to use. For a train.py checkpoint (`trained`: its hyper-parameters) that is the sampler it
+    validated with, so a v-prediction model samples with its own sampler, with any `sampler.*` key given on the
+    command line applied on top; `sampler=NAME` on the command line replaces it whole."""
+    mine = OmegaConf.to_container(cfg.sampler, resolve=True)
+    if not trained or "sampler" not in trained or "sampler" in command_line_groups():
+        return SamplerSpec(**mine)
+    given = command_line_keys("sampler")
+    merged = {**trained["sampler"], **{k: v for k, v in mine.items() if k in given}}
+    return SamplerSpec(**{k: v for k, v in merged.items() if k in SamplerSpec.__dataclass_fields__})
+
+
+def command_line_overrides() -> list[str]:
+    """The task's command-line overrides (empty outside a Hydra run)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+
+
+def command_line_groups() -> set[str]:
+    """Config groups chosen on the command line (`sampler=unipc` -> "sampler")."""
+    return {o.split("=", 1)[0].lstrip("+~") for o in command_line_overrides() if "." not in o.split("=", 1)[0]}
+
+
+def command_line_keys(group: str) -> set[str]:
+    """Keys of `group` set on the command line (`sampler.num_steps=8` -> "num_steps")."""
+    prefix = f"{group}."
+    keys = (o.split("=", 1)[0].lstrip("+~") for o in command_line_overrides())
+    return {k[len(prefix):].split(".")[0] for k in keys if k.startswith(prefix)}
 
 
 def world_from_data(data: dict) -> WorldConfig:
@@ -89,12 +119,12 @@ def plan(cfg: DictConfig, own_pixels: bool) -> Plan:
     spec = str(cfg.ckpt)
     folder = Path(spec).expanduser()
     if spec not in ("last", "latest") and folder.is_dir():
-        if cfg.model.kind == "tiny":
-            raise ConfigError("ckpt", f"{folder} is a model folder; name its family, e.g. model=wan14b")
+        model = OmegaConf.to_container(cfg.model, resolve=True)
+        check_folder(model, folder)
         check_node(cfg.model, "model")
         native = cfg.model.native
         f, h, w = (cfg.size[k] if cfg.size[k] is not None else native[k] for k in ("num_frames", "height", "width"))
-        check_clip_shape(f, h, w, *latent_grid(OmegaConf.to_container(cfg.model)), prefix="size")
+        check_clip_shape(f, h, w, *latent_grid(model), prefix="size")
         variant = cfg.model.get("variant", "i2v")
         if variant == "i2v" and not own_pixels:
             raise ConfigError("guide.frames", "an image-to-video model needs guide images: guide.frames=[first.png]")
@@ -102,24 +132,12 @@ def plan(cfg: DictConfig, own_pixels: bool) -> Plan:
             raise ConfigError("guide.frames", "a text-to-video model takes no guide images; leave guide.frames empty")
         if not cfg.prompt:
             raise ConfigError("prompt", "a prompt is required with a model folder")
-        check_model_folder(cfg.model, folder)
+        check_model_config(dict(model, ckpt=str(folder)), cfg.accelerator.name, cfg.accelerator.precision)
         return Plan("folder", folder, f, h, w)
     ckpt = find_checkpoint(cfg.ckpt, Path(cfg.paths.log_dir), "ckpt")
     hparams = read_hparams(ckpt)
     data = trained_data(hparams)
     return Plan("lightning", ckpt, data["num_frames"], data["height"], data["width"], hparams)
-
-
-def check_model_folder(model: DictConfig, folder: Path) -> None:
-    """Every part the family needs is on disk (one-line error naming the first missing one)."""
-    if model.kind == "wan":
-        from anisora.backbones.wan_loading import WanSpec, check_wan_folder
-
-        check_wan_folder(WanSpec(variant=model.variant, ckpt=str(folder), transformer=model.transformer))
-    elif model.kind == "cogvideox":
-        from anisora.backbones.cogvideox import CogVideoXSpec, check_cogvideox_folder
-
-        check_cogvideox_folder(CogVideoXSpec(ckpt=str(folder)))
 
 
 def load_backbone(cfg: DictConfig, job: Plan, device: torch.device, dtype: torch.dtype):
@@ -134,8 +152,9 @@ def infer(cfg: DictConfig, run_dir: Path) -> list[Path]:
     job = plan(cfg, own_pixels)
     f, h, w = job.frames, job.height, job.width
     spec = guide_spec(cfg.guide, f) if (own_pixels or job.source == "lightning") else GuideSpec((), ())
-    if job.source == "folder" and cfg.model.kind == "cogvideox":  # each guide frame owns a latent frame there
-        check_one_guide_per_slot(spec.indices, 4)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    if job.source == "folder" and one_guide_per_slot(model):  # each guide frame owns a latent frame there
+        check_one_guide_per_slot(spec.indices, latent_grid(model)[0])
     files = GuideFiles(h, w, cfg.guide.resize)
     if own_pixels or job.source == "folder":
         requests = [(None, cfg.prompt, None)]
@@ -162,7 +181,7 @@ def infer(cfg: DictConfig, run_dir: Path) -> list[Path]:
     set_attention_backend(backbone.denoiser, cfg.accelerator.attention_backend, device,
                           next(backbone.denoiser.parameters()).dtype)
     apply_speedups(backbone, speedups, device)
-    sampler = sampler_spec(cfg)
+    sampler = sampler_spec(cfg, job.hparams)
     cfg_rows = 2 if sampler.guidance_scale > 1.0 else 1
     check_cache_memory(backbone, speedups, backbone.latent_shape(f, h, w), len(requests) * cfg_rows, device)
     guide = torch.stack([p[0] for p in pairs])
@@ -199,7 +218,7 @@ def infer(cfg: DictConfig, run_dir: Path) -> list[Path]:
                "guide_files": dict(guide_paths(cfg.guide)), "guide_psnr_db": fidelity[i], "mp4_scale": scale,
                "truth": requests[i][2].truth.to_json() if requests[i][2] is not None else None}
               for i, p in enumerate(written)]
-    (run_dir / "samples.json").write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(run_dir / "samples.json", json.dumps(record, indent=2) + "\n")
     log.info("wrote %d video(s) to %s; guide PSNR (dB) per clip and frame: %s", len(written), run_dir / "videos",
              fidelity)
     return written

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
+from hydra.utils import get_class, instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from anisora.accelerators.checkpoint_io import AtomicCheckpointIO
@@ -22,7 +25,7 @@ from anisora.accelerators.devices import (
     trainer_device_kwargs,
 )
 from anisora.accelerators.strategies import StrategySpec, block_types_of, check_ema
-from anisora.backbones import latent_grid
+from anisora.backbones import check_model_config, latent_grid
 from anisora.backbones.base import check_clip_shape
 from anisora.backbones.checkpointing import apply_activation_checkpointing
 from anisora.backbones.frozen_dtype import resolve_frozen_dtype
@@ -31,12 +34,12 @@ from anisora.data.datamodule import ShardDataModule, SyntheticDataModule
 from anisora.data.shard_format import expand_urls
 from anisora.data.shard_stream import check_shard_folders, check_slots
 from anisora.data.synthetic import WorldConfig
-from anisora.methods.sft import SFTMethod
+from anisora.methods.base import DiffusionMethod
 from anisora.tasks.common import environment_defaults, find_checkpoint, run_task, write_run_record
 
 log = logging.getLogger("anisora.train")
-GROUPS = ["model", "data", "guide", "sampler", "accelerator", "strategy", "optimizer", "trainer", "callbacks", "logger",
-          "paths"]
+GROUPS = ["method", "model", "data", "guide", "sampler", "accelerator", "strategy", "optimizer", "trainer", "callbacks",
+          "logger", "paths"]
 
 
 def world_of(data: DictConfig) -> WorldConfig:
@@ -73,7 +76,7 @@ def check_sequence_parallel(degree: int, strategy: str, devices) -> int:
     return degree
 
 
-def check_shards_fit(datamodule: SyntheticDataModule, method: SFTMethod) -> None:
+def check_shards_fit(datamodule: SyntheticDataModule, method: DiffusionMethod) -> None:
     """Shards encoded by another model family or latent layout fail here in one line, not inside the DiT."""
     if not isinstance(datamodule, ShardDataModule):
         return
@@ -89,29 +92,26 @@ def check_shards_fit(datamodule: SyntheticDataModule, method: SFTMethod) -> None
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    kind = cfg.logger.kind
-    if kind == "none":
+    """The logger group's `_target_` config (kind none: no logger); W&B also receives the resolved config."""
+    node = cfg.logger.get("instance")
+    if cfg.logger.kind == "none" or node is None:
         return []
-    if kind == "csv":
-        from lightning.pytorch.loggers import CSVLogger
-
-        return [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
-    from lightning.pytorch.loggers import WandbLogger
-
-    logger = WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity, save_dir=str(run_dir),
-                         name=f"{cfg.task_name}-{run_dir.name}", offline=cfg.logger.offline, log_model=False,
-                         tags=list(cfg.tags))
-    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    name = node.get("name") or f"{cfg.task_name}-{run_dir.name}"
+    logger = instantiate(node, save_dir=str(run_dir), name=name)
+    if cfg.logger.kind == "wandb":
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return [logger]
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
-    callbacks: list[pl.Callback] = [
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,
-                        every_n_train_steps=cfg.callbacks.checkpoint_every_n_steps, save_top_k=1, save_last=True)
-    ]
-    if cfg.callbacks.lr_monitor and cfg.logger.kind != "none":
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    """Every `_target_` config under `callbacks.instances` (null entries are switched off), then the progress bar.
+    The checkpoint callback writes into this run's `checkpoints/`."""
+    callbacks: list[pl.Callback] = []
+    for name, node in (cfg.callbacks.get("instances") or {}).items():
+        if node is None or (name == "lr_monitor" and (not cfg.callbacks.lr_monitor or cfg.logger.kind == "none")):
+            continue
+        extra = {"dirpath": str(run_dir / "checkpoints")} if name == "checkpoint" else {}
+        callbacks.append(instantiate(node, **extra))
     if cfg.callbacks.progress_bar == "rich":
         callbacks.append(RichProgressBar())
     elif cfg.callbacks.progress_bar == "tqdm":
@@ -119,56 +119,74 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
     return callbacks
 
 
+def method_class(method_cfg: DictConfig) -> type[DiffusionMethod]:
+    """The LightningModule named by `method._target_`; an unknown option of it fails in one line."""
+    target = method_cfg.get("_target_")
+    try:
+        cls = get_class(target)
+    except Exception:
+        raise ConfigError("method._target_", f"cannot import {target!r}") from None
+    if not (isinstance(cls, type) and issubclass(cls, DiffusionMethod)):
+        raise ConfigError("method._target_", f"{target} is not a DiffusionMethod")
+    accepted = {n for c in cls.__mro__ if c is not object for n in inspect.signature(c.__init__).parameters}
+    for key in method_cfg:
+        if key != "_target_" and key not in accepted:
+            raise ConfigError(f"method.{key}", f"{cls.__name__} has no such option")
+    return cls
+
+
+def build_method(cfg: DictConfig, sequence_parallel: int, frozen_dtype: torch.dtype) -> DiffusionMethod:
+    """The configured method over the configured backbone, from plain dicts (they become its hyper-parameters)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    cls = method_class(cfg.method)
+    options = {k: v for k, v in container["method"].items() if k != "_target_"}
+    return cls(model=container["model"], guide=container["guide"], optimizer=container["optimizer"],
+               sampler=container["sampler"], max_steps=cfg.trainer.max_steps, data=container["data"],
+               sequence_parallel=sequence_parallel, frozen_dtype=str(frozen_dtype).removeprefix("torch."), **options)
+
+
+def fsdp_units(method: DiffusionMethod) -> set[type[torch.nn.Module]]:
+    """FSDP's wrapping units: each transformer block, and each whole denoiser, so that every role copy (an EMA, a
+    critic) is sharded exactly like the denoiser it mirrors and their local shards pair up element by element."""
+    return block_types_of(method.backbone.denoiser_blocks()) | {type(method.backbone.denoiser)}
+
+
 @dataclass
 class TrainingRun:
     """Everything `trainer.fit` needs, built and checked (benchmarks/train_throughput.py times exactly this)."""
 
     trainer: pl.Trainer
-    method: SFTMethod
+    method: DiffusionMethod
     datamodule: SyntheticDataModule
     resume: Path | None
 
 
-def prepare_training(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Callback] | None = None
-                     ) -> TrainingRun:
-    """Check the config, data and devices, build the method and the Lightning trainer; nothing runs yet."""
+def check_training(cfg: DictConfig) -> tuple[dict, int, torch.dtype]:
+    """Every check that needs no model: clip shape, model weights and size, devices, strategy, EMA, attention,
+    sequence parallel, frozen dtype. Returns the strategy config, the sequence-parallel degree and frozen dtype."""
     check_data(cfg)
-    resume = find_checkpoint(cfg.ckpt_path, Path(cfg.paths.log_dir), "ckpt_path")
-    datamodule = build_datamodule(cfg)  # checks shard paths before anything is written or built
-    environment_defaults()
     acc = cfg.accelerator
-    container = OmegaConf.to_container(cfg, resolve=True)
-    strategy = container["strategy"]
+    check_model_config(OmegaConf.to_container(cfg.model, resolve=True), acc.name, acc.precision)
+    strategy = OmegaConf.to_container(cfg.strategy, resolve=True)
     trainer_device_kwargs(acc.name, acc.devices, strategy, acc.precision)  # fails fast: devices, NPU stack, DeepSpeed
     check_ema(StrategySpec.of(strategy), cfg.optimizer.ema_decay)
     check_attention_backend(acc.attention_backend)
-    set_num_threads(cfg.accelerator.num_threads)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-
+    method_class(cfg.method)
     sequence_parallel = check_sequence_parallel(cfg.trainer.sequence_parallel, strategy["name"], acc.devices)
-    datamodule.sequence_parallel = sequence_parallel
     frozen = resolve_frozen_dtype(cfg.trainer.frozen_dtype, acc.precision, strategy["name"])
-    method = SFTMethod(model=container["model"], guide=container["guide"], optimizer=container["optimizer"],
-                       sampler=container["sampler"], max_steps=cfg.trainer.max_steps,
-                       data=container["data"], sequence_parallel=sequence_parallel,
-                       frozen_dtype=str(frozen).removeprefix("torch."))
-    method.log_videos = cfg.logger.log_videos and cfg.callbacks.sample_videos
-    check_shards_fit(datamodule, method)  # LoRA targets were checked while building: still nothing written
-    attention = set_attention_backend(method.backbone.denoiser, acc.attention_backend, resolve_device(acc.name),
-                                      activation_dtype(acc.precision))
-    recomputed = apply_activation_checkpointing(method.backbone, cfg.trainer.activation_checkpointing,
-                                                cfg.trainer.checkpoint_fraction)
-    if rank_zero_only.rank == 0:  # DDP/FSDP/DeepSpeed ranks > 0 run this script again in the same folder
-        write_run_record(cfg, run_dir)
-    blocks = block_types_of(method.backbone.denoiser_blocks()) if strategy["name"] == "fsdp" else None
-    device_kwargs = trainer_device_kwargs(acc.name, acc.devices, strategy, acc.precision, blocks)
-    params = sum(p.numel() for p in method.backbone.denoiser.parameters())
-    trainable = sum(p.numel() for m in method.backbone.trainable_modules() for p in m.parameters() if p.requires_grad)
-    log.info("denoiser parameters: %s (trainable: %s); strategy: %s; activation checkpointing: %d blocks; "
-             "attention: %s; run folder: %s", f"{params:,}", f"{trainable:,}", strategy["name"], len(recomputed),
-             attention or "default", run_dir)
+    return strategy, sequence_parallel, frozen
 
-    trainer = pl.Trainer(
+
+def build_trainer(cfg: DictConfig, run_dir: Path, method: DiffusionMethod, strategy: dict,
+                  extra_callbacks: list[pl.Callback] | None = None, **overrides) -> pl.Trainer:
+    """The Lightning trainer every training task shares (train.py, rl_finetune.py): devices and strategy from the
+    accelerator and strategy groups, atomic checkpoints, loggers and callbacks from their `_target_` configs."""
+    acc = cfg.accelerator
+    blocks = fsdp_units(method) if strategy["name"] == "fsdp" else None
+    device_kwargs = trainer_device_kwargs(acc.name, acc.devices, strategy, acc.precision, blocks)
+    sequence_parallel = int(method.hparams.get("sequence_parallel", 1))
+    method.gradient_clip_val = cfg.trainer.gradient_clip_val  # manual optimization clips in step_role
+    options = dict(
         default_root_dir=str(run_dir),
         **{k: v for k, v in device_kwargs.items() if k != "plugins"},
         max_steps=cfg.trainer.max_steps,
@@ -178,7 +196,7 @@ def prepare_training(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Ca
         use_distributed_sampler=sequence_parallel == 1,  # a sequence-parallel group validates the same clips
         limit_val_batches=1 if cfg.callbacks.sample_videos else 0,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
-        gradient_clip_val=cfg.trainer.gradient_clip_val,
+        gradient_clip_val=cfg.trainer.gradient_clip_val if method.automatic_optimization else None,
         accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         deterministic=cfg.trainer.deterministic,
         logger=build_loggers(cfg, run_dir) or False,
@@ -187,6 +205,36 @@ def prepare_training(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Ca
         enable_progress_bar=cfg.callbacks.progress_bar != "none",
         enable_model_summary=False,
     )
+    options.update(overrides)
+    return pl.Trainer(**options)
+
+
+def prepare_training(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Callback] | None = None
+                     ) -> TrainingRun:
+    """Check the config, data and devices, build the method and the Lightning trainer; nothing runs yet."""
+    strategy, sequence_parallel, frozen = check_training(cfg)
+    resume = find_checkpoint(cfg.ckpt_path, Path(cfg.paths.log_dir), "ckpt_path")
+    datamodule = build_datamodule(cfg)  # checks shard paths before anything is written or built
+    environment_defaults()
+    set_num_threads(cfg.accelerator.num_threads)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule.sequence_parallel = sequence_parallel
+    method = build_method(cfg, sequence_parallel, frozen)
+    method.log_videos = cfg.logger.log_videos and cfg.callbacks.sample_videos
+    check_shards_fit(datamodule, method)  # LoRA targets were checked while building: still nothing written
+    acc = cfg.accelerator
+    attention = set_attention_backend(method.backbone.denoiser, acc.attention_backend, resolve_device(acc.name),
+                                      activation_dtype(acc.precision))
+    recomputed = apply_activation_checkpointing(method.backbone, cfg.trainer.activation_checkpointing,
+                                                cfg.trainer.checkpoint_fraction)
+    if rank_zero_only.rank == 0:  # DDP/FSDP/DeepSpeed ranks > 0 run this script again in the same folder
+        write_run_record(cfg, run_dir)
+    params = sum(p.numel() for p in method.parameters())
+    trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
+    log.info("%s with roles %s; parameters: %s (trainable: %s); strategy: %s; activation checkpointing: %d blocks; "
+             "attention: %s; run folder: %s", type(method).__name__, ", ".join(method.roles.specs), f"{params:,}",
+             f"{trainable:,}", strategy["name"], len(recomputed), attention or "default", run_dir)
+    trainer = build_trainer(cfg, run_dir, method, strategy, extra_callbacks)
     return TrainingRun(trainer, method, datamodule, resume)
 
 

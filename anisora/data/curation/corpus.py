@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from anisora.data.synthetic import OUTLINE, SPRITE_COLOURS, SUBJECTS, _paste, _sprite_layers
-from anisora.inference.video_io import _atomic_write
+from anisora.io import atomic_write
 
 KINDS = ("normal", "static", "text", "letterbox", "duplicate")
 WORDS = ("hello", "where", "are you", "going", "tonight", "come back", "wait", "I know", "the sky", "sorry")
@@ -159,7 +159,7 @@ def write_h264(path: Path, frames_iter, fps: int, height: int, width: int, crf: 
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
             container.mux(stream.encode())
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 def plan_corpus(videos: int, shots_per_video: int, fps: int, seed: int, min_s: float = 2.2,

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from anisora.inference.video_io import atomic_write_bytes
+from anisora.io import atomic_write_bytes
 
 PART_VERSION = 1
 

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 
 from anisora.data.curation.filters import Limit  # noqa: E402
 from anisora.data.manifest import ClipRecord  # noqa: E402
-from anisora.inference.video_io import atomic_write_bytes  # noqa: E402
+from anisora.io import atomic_write_bytes  # noqa: E402
 
 
 def reason_kind(reason: str) -> str:

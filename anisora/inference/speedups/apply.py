@@ -9,26 +9,14 @@ from typing import Any
 import torch
 
 from anisora.config.errors import ConfigError
+from anisora.config.schema import SpeedupConfig
 
 log = logging.getLogger("anisora.speedup")
 
 
 @dataclass
-class SpeedupSpec:
-    compile: bool = False  # torch.compile of each repeated transformer block (regional compilation)
-    compile_backend: str = "inductor"
-    compile_mode: str | None = None  # e.g. max-autotune-no-cudagraphs
-    cache: str = "none"  # none | first_block | faster | taylorseer | taylorseer_lite | mag (diffusers cache hooks)
-    cache_threshold: float = 0.05  # first_block: relative change of the first block's residual; mag: error budget
-    cache_interval: int = 5  # taylorseer(_lite): full computation every N steps
-    cache_warmup_steps: int = 3  # taylorseer(_lite): steps computed in full before caching starts
-    mag_ratios: list[float] | None = None  # mag: calibrated magnitude ratios of this model and step count
-    fp8: bool = False  # float8 dynamic-activation linear layers through torchao (Hopper and newer)
-    lowvram: bool = False  # diffusers group offloading: blocks stream from CPU memory with CUDA streams
-    lowvram_blocks_per_group: int = 1
-    context_parallel: int = 1  # processes (torchrun) that split one video's sequence; 1 = off
-    context_parallel_kind: str = "ulysses"  # ulysses (all-to-all over heads) | ring
-    best_effort: bool = False  # skip (with a warning) what cannot apply here instead of failing
+class SpeedupSpec(SpeedupConfig):
+    """The `speedup` group's values as a plain object: fields and defaults are SpeedupConfig's (one source)."""
 
     @classmethod
     def from_config(cls, cfg: Any) -> SpeedupSpec:

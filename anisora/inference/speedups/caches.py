@@ -9,24 +9,12 @@ import re
 import torch
 
 from anisora.config.errors import ConfigError
+from anisora.config.schema import CACHE_KINDS
 
 log = logging.getLogger("anisora.speedup")
 
-KINDS = ("none", "first_block", "faster", "taylorseer", "taylorseer_lite", "mag")
+KINDS = CACHE_KINDS  # the schema names them (speedup.cache)
 TAYLOR_FACTORS = 2  # diffusers' default max_order 1: value and first difference per cached output
-
-# FasterCache as AniSora V1 ran it on CogVideoX: attention outputs reused every 2nd block-step and the
-# unconditional branch every 5th step in the late (low-noise) half, 0.3 attention extrapolation weight.
-FASTER_CACHE_COGVIDEOX = {"spatial_attention_block_skip_range": 2, "spatial_attention_timestep_skip_range": (-1, 681),
-                          "low_frequency_weight_update_timestep_range": (99, 641),
-                          "high_frequency_weight_update_timestep_range": (-1, 301),
-                          "spatial_attention_block_identifiers": ("transformer_blocks",), "tensor_format": "BFCHW"}
-FASTER_CACHE_WAN = {"spatial_attention_block_skip_range": 2, "spatial_attention_timestep_skip_range": (-1, 681),
-                    "spatial_attention_block_identifiers": (r"^blocks\.\d+\.attn1$",), "tensor_format": "BCFHW"}
-# TaylorSeer extrapolates the attention and feed-forward outputs of every block (names as diffusers has them)
-TAYLORSEER_MODULES = {"flow_match": [r"blocks\.\d+\.(attn1|attn2|ffn)"],
-                      "v_pred": [r"transformer_blocks\.\d+\.(attn1|ff)"]}
-
 
 def config_for(backbone, spec):
     """The diffusers cache config for `spec.cache` on this backbone."""
@@ -37,7 +25,7 @@ def config_for(backbone, spec):
     if spec.cache == "taylorseer":
         return TaylorSeerCacheConfig(cache_interval=spec.cache_interval,
                                      disable_cache_before_step=spec.cache_warmup_steps,
-                                     cache_identifiers=TAYLORSEER_MODULES[backbone.objective])
+                                     cache_identifiers=list(backbone.speedup_profile.taylorseer_modules))
     if spec.cache == "taylorseer_lite":  # blocks skipped on predicted steps, only the output projection predicted
         return TaylorSeerCacheConfig(cache_interval=spec.cache_interval,
                                      disable_cache_before_step=spec.cache_warmup_steps, use_lite_mode=True)
@@ -45,7 +33,7 @@ def config_for(backbone, spec):
         return MagCacheConfig(threshold=spec.cache_threshold, mag_ratios=list(spec.mag_ratios),
                               num_inference_steps=len(spec.mag_ratios))
     if spec.cache == "faster":
-        family = FASTER_CACHE_COGVIDEOX if backbone.objective == "v_pred" else FASTER_CACHE_WAN
+        family = dict(backbone.speedup_profile.faster_cache)
         identifiers = ["hidden_states", "encoder_hidden_states", "timestep"]
         if getattr(backbone, "image_encoder", None) is not None:
             identifiers.append("encoder_hidden_states_image")
@@ -74,7 +62,7 @@ def taylorseer_bytes(backbone, latent_shape: tuple[int, int, int, int], rows: in
     doubles them): every cached module's output, twice. Returns the bytes and how they add up."""
     denoiser = backbone.denoiser
     cfg = denoiser.config
-    patterns = TAYLORSEER_MODULES[backbone.objective]
+    patterns = backbone.speedup_profile.taylorseer_modules
     modules = sum(1 for name, _ in denoiser.named_modules() if any(re.fullmatch(p, name) for p in patterns))
     patch = cfg.patch_size
     p_t, p_s = (patch[0], patch[-1]) if isinstance(patch, (tuple, list)) else (cfg.get("patch_size_t") or 1, patch)

@@ -9,8 +9,9 @@ import contextlib
 import torch
 
 from anisora.config.errors import ConfigError
+from anisora.config.schema import CONTEXT_PARALLEL_KINDS
 
-KINDS = ("ulysses", "ring")  # ring needs an attention backend that returns log-sum-exp (flash, cuDNN SDPA)
+KINDS = CONTEXT_PARALLEL_KINDS  # ring needs an attention backend that returns log-sum-exp (flash, cuDNN SDPA)
 
 
 @contextlib.contextmanager
