@@ -54,7 +54,7 @@ class TextConfig:
     height: int = bounded(360, 32)  # frames are analysed at most this high
     polarity: str = choice("bright", "both", "dark")  # glyph strokes lighter (subtitles) or darker than around
     persistence: float = bounded(0.5, 0.0, 1.0)  # a pixel counts when text covers it in this share of the frames
-    max: Optional[float] = bounded(0.02, 0.0, 1.0)  # rejected above this coverage (margin: conf/curate.yaml); null: no limit
+    max: Optional[float] = bounded(0.02, 0.0, 1.0)  # coverage limit (margin: conf/curate.yaml); null: none
     weights: Optional[str] = None  # a text detector checkpoint; replaces the weight-free detector
     module: Optional[str] = None  # "package.module:factory": factory(weights) -> coverage(frame RGB) -> float
 
