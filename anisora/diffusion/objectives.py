@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from anisora.config.errors import ConfigError
-from anisora.diffusion.flow_matching import NUM_TRAIN_TIMESTEPS, sample_sigmas, shift_sigmas
+from anisora.diffusion.flow_matching import NUM_TRAIN_TIMESTEPS, sample_sigmas
 from anisora.diffusion.v_prediction import DEFAULT_SCHEDULE, VSchedule, alphas_cumprod
+from anisora.diffusion.v_prediction import SAMPLERS as V_SAMPLERS
 
 
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -79,9 +80,6 @@ class Objective(ABC):
         """The level whose noise share is closest to `std` (windows on the training levels)."""
         raise NotImplementedError
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name}
-
 
 class FlowMatching(Objective):
     """Rectified flow: x_s = (1 - s) x0 + s noise, the model predicts the velocity noise - x0 (Wan2.1).
@@ -128,13 +126,6 @@ class FlowMatching(Objective):
     def level_of_std(self, std: float) -> torch.Tensor:
         return torch.tensor([float(std)])
 
-    def shifted(self, u: torch.Tensor) -> torch.Tensor:
-        """Uniform u in [0, 1] -> levels under this objective's shift (few-step grids are given this way)."""
-        return shift_sigmas(u, self.shift)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "shift": self.shift, "timestep_sampling": self.timestep_sampling}
-
 
 class VPrediction(Objective):
     """v-prediction on a DDPM schedule (CogVideoX, AniSora V1): x_t = a x0 + s noise with a = sqrt(abar_t),
@@ -145,7 +136,7 @@ class VPrediction(Objective):
 
     name = "v_pred"
     cfg_uncond_first = True
-    samplers = ("cogvideox_dpm", "cogvideox_ddim")
+    samplers = V_SAMPLERS
 
     def __init__(self, schedule: VSchedule = DEFAULT_SCHEDULE, timestep_sampling: str = "uniform") -> None:
         if timestep_sampling != "uniform":
@@ -190,9 +181,6 @@ class VPrediction(Objective):
     def level_of_std(self, std: float) -> torch.Tensor:
         stds = (1 - self.abar).sqrt()
         return (stds - float(std)).abs().argmin().view(1)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "snr_shift_scale": self.schedule.snr_shift_scale}
 
 
 OBJECTIVES: dict[str, type[Objective]] = {"flow_match": FlowMatching, "v_pred": VPrediction}

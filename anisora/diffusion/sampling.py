@@ -21,13 +21,11 @@ from torch.utils.checkpoint import checkpoint as recompute
 from anisora.backbones.base import BackboneAdapter, Conditioning
 from anisora.config.errors import ConfigError
 from anisora.config.schema import SamplerConfig as SamplerSpec
-from anisora.diffusion.objectives import Objective
+from anisora.diffusion.objectives import FlowMatching, Objective
 from anisora.diffusion.v_prediction import build_v_scheduler, dynamic_guidance_scale, initial_noise_v
 
 __all__ = ["SamplerSpec", "Rollout", "RolloutStep", "rollout", "sample", "guided", "build_scheduler",
-           "sde_log_prob", "initial_noise", "branch_context", "reset_caches", "FLOW_SAMPLERS"]
-
-FLOW_SAMPLERS = ("euler", "unipc", "flow_sde", "euler_renoise")  # the diffusers flow schedulers' names
+           "sde_log_prob", "seeded_noise", "branch_context", "reset_caches"]
 
 
 def guided(cond_out: torch.Tensor, uncond_out: torch.Tensor, scale: float) -> torch.Tensor:
@@ -45,7 +43,7 @@ def build_scheduler(spec: SamplerSpec):
         return UniPCMultistepScheduler(num_train_timesteps=1000, prediction_type="flow_prediction",
                                        use_flow_sigmas=True, flow_shift=spec.shift)
     raise ConfigError("sampler.name",
-                      f"a flow-matching model samples with {', '.join(FLOW_SAMPLERS)}, got {spec.name!r}")
+                      f"a flow-matching model samples with {', '.join(FlowMatching.samplers)}, got {spec.name!r}")
 
 
 def branch_context(backbone: BackboneAdapter, name: str):
@@ -63,11 +61,10 @@ def reset_caches(backbone: BackboneAdapter) -> None:
         backbone.denoiser._reset_stateful_cache()
 
 
-def initial_noise(shape: tuple[int, ...], seeds: list[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """One generator per sample: a clip's noise depends on its seed alone, not on batch composition."""
-    parts = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s)), dtype=torch.float32)
-             for s in seeds]
-    return torch.stack(parts).to(device=device, dtype=dtype)
+def seeded_noise(shape: tuple[int, ...], generators: list[torch.Generator], device: torch.device) -> torch.Tensor:
+    """Float32 noise, one draw per sample from its own generator: a clip's noise depends on its seed alone."""
+    parts = [torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]
+    return torch.stack(parts).to(device=device, dtype=torch.float32)
 
 
 def step_noise(like: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
@@ -148,8 +145,7 @@ class DiffusersFlowStepper(Stepper):
         self.sigmas = [float(s) for s in self.scheduler.sigmas]
 
     def start(self, shape, generators, device, dtype):
-        parts = [torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]
-        return torch.stack(parts).to(device=device, dtype=torch.float32)
+        return seeded_noise(shape, generators, device)
 
     def level(self, i):
         return torch.tensor([float(self.timesteps[i]) / 1000.0])
@@ -177,8 +173,7 @@ class ExactFlowStepper(Stepper):
 
     def start(self, shape, generators, device, dtype):
         self.generators = generators
-        parts = [torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]
-        return torch.stack(parts).to(device=device, dtype=torch.float32)
+        return seeded_noise(shape, generators, device)
 
     def level(self, i):
         return torch.tensor([self.sigmas[i]])
