@@ -325,6 +325,16 @@ class SpeedupConfig:
 
 
 @dataclass
+class RewardConfig:
+    """A scorer of anisora.rewards by name (the `reward` group): evaluate.py reports its dimensions and
+    rl_finetune.py maximises them. `weighted` sums other scorers' dimensions: reward = sum(weight * score)."""
+
+    name: str = choice("ground_truth", "weighted")
+    scorers: list[str] = field(default_factory=lambda: ["ground_truth"])  # weighted: the scorers it combines
+    weights: dict[str, float] = field(default_factory=dict)  # weighted: dimension -> weight (negative for errors)
+
+
+@dataclass
 class OptimizerConfig:
     lr: float = bounded(1e-3, 0.0)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])

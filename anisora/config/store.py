@@ -24,6 +24,7 @@ def register_configs() -> None:
     cs.store(group="model", name="tiny_cogvideox_schema", node=schema.TinyCogVideoXModelConfig)
     cs.store(group="model", name="wan_schema", node=schema.WanModelConfig)
     cs.store(group="model", name="cogvideox5b_schema", node=schema.CogVideoXModelConfig)
+    cs.store(group="reward", name="reward_schema", node=schema.RewardConfig)
     _REGISTERED = True
 
 

@@ -27,7 +27,7 @@ from anisora.evaluation.report import write_report
 from anisora.guidance.spec import build_pair, guide_spec
 from anisora.inference.guide_files import GuideFiles, check_guide_paths
 from anisora.inference.loading import load_model, read_hparams, trained_data
-from anisora.inference.pipeline import from_uint8_frames, generate, to_uint8_frames
+from anisora.inference.pipeline import from_uint8_frames, generate
 from anisora.inference.speedups import SpeedupSpec, apply_speedups, check_speedups
 from anisora.inference.video_io import (
     display_scale,
@@ -37,6 +37,7 @@ from anisora.inference.video_io import (
     write_mp4,
 )
 from anisora.io import atomic_write_bytes
+from anisora.rewards.clips import guided_frames
 from anisora.tasks.common import environment_defaults, find_checkpoint, run_task, write_run_record
 from anisora.tasks.infer import sampler_spec, world_from_data
 
@@ -83,13 +84,6 @@ def score_folder(folder: Path) -> tuple[list[ClipScore], list[ClipFailure]]:
                                     f"(first: {first.file}: {first.error})")
     log.info("scored %d of %d videos (%d unreadable)", len(scores), len(videos), len(failures))
     return scores, failures
-
-
-def guided_frames(guide: torch.Tensor, mask: torch.Tensor) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """(indices, given uint8 (K, H, W, 3), keep bool (K, H, W)) of the frames a (G, M) pair guides."""
-    indices = [int(i) for i in torch.nonzero(mask.flatten(1).amax(dim=1)).flatten()]
-    given = to_uint8_frames(guide[None, :, indices])[0]
-    return indices, given, mask[indices].numpy() > 0
 
 
 def check_guides(cfg: DictConfig, ckpt: Path) -> None:
