@@ -12,7 +12,7 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from anisora.config.schema import bounded, choice
+from anisora.config.schema import StaticConfig, bounded, choice
 
 
 @dataclass
@@ -66,15 +66,6 @@ class BorderConfig:
     frames: int = bounded(8, 1)
     luma: float = bounded(20.0, 0.0, 255.0)  # a row is black when its 98th-percentile luma stays below this
     max: Optional[float] = bounded(0.05, 0.0, 1.0)  # rejected above this fraction of the frame area
-
-
-@dataclass
-class StaticConfig:
-    """Static or near-static content: share of pixels that change between sampled frames."""
-
-    frames: int = bounded(8, 2)
-    pixel_delta: float = bounded(10.0, 0.0, 255.0)  # grey-level change that counts (above coding noise)
-    min: Optional[float] = bounded(0.002, 0.0, 1.0)  # rejected below this changed share; null: no limit
 
 
 @dataclass

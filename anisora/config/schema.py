@@ -295,6 +295,7 @@ class SamplerConfig:
     replace_known: bool = False  # re-impose guided latent entries each step (pixel-exact codecs: the tiny model)
     dynamic_cfg: bool = False  # CogVideoX's cosine CFG schedule (v-prediction samplers only)
     sigmas: Optional[list[float]] = None  # exact noise levels, e.g. [1, 0.9375, 0.8333, 0.625] (4-step students)
+    schedule: Optional[str] = None  # a schedule file (`anisora oss-search` writes one): its sigmas, when sigmas is null
     noise_level: float = bounded(0.7, 0.0)  # flow_sde: a in sigma_t = a sqrt(s / (1 - s)) (Flow-GRPO's default)
 
 
@@ -325,13 +326,25 @@ class SpeedupConfig:
 
 
 @dataclass
+class StaticConfig:
+    """Static or near-static content: share of pixels that change between sampled frames (curation rejects such
+    clips; the weight-free scorer flags them)."""
+
+    frames: int = bounded(8, 2)
+    pixel_delta: float = bounded(10.0, 0.0, 255.0)  # grey-level change that counts (above coding noise)
+    min: Optional[float] = bounded(0.002, 0.0, 1.0)  # static below this changed share; null: no limit
+
+
+@dataclass
 class RewardConfig:
     """A scorer of anisora.rewards by name (the `reward` group): evaluate.py reports its dimensions and
     rl_finetune.py maximises them. `weighted` sums other scorers' dimensions: reward = sum(weight * score)."""
 
-    name: str = choice("ground_truth", "weighted")
+    name: str = choice("ground_truth", "weighted", "weight_free")
     scorers: list[str] = field(default_factory=lambda: ["ground_truth"])  # weighted: the scorers it combines
     weights: dict[str, float] = field(default_factory=dict)  # weighted: dimension -> weight (negative for errors)
+    flow_method: str = choice("farneback", "dis")  # weight_free: OpenCV optical flow of dynamic degree
+    static: StaticConfig = field(default_factory=StaticConfig)  # weight_free: static-video detection
 
 
 @dataclass
@@ -482,5 +495,80 @@ class EvaluateTaskConfig:
     speedup: SpeedupConfig = field(default_factory=SpeedupConfig)
     logger: LoggerConfig = MISSING
     optimizer: Optional[Any] = None  # a model preset's training recipe (train.py reads it; ignored here)
+    paths: PathsConfig = MISSING
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RLConfig:
+    """Preference and reward fine-tuning (anisora.methods.preference; the `rl` group): each round samples K
+    rollouts per prompt and guide with the policy, scores them, turns the scores into pairs or advantages and
+    updates the policy. The dataclasses double as the methods' runtime settings."""
+
+    _target_: str = "anisora.methods.preference.pairwise.PairwiseMethod"
+    rounds: int = bounded(40, 1)
+    prompts_per_round: int = bounded(4, 1)  # training-world prompts with their first frame as the guide
+    rollouts_per_prompt: int = bounded(4, 2)  # K: a group (GRPO) or the candidates of one pair (DPO, GAPO)
+    updates_per_round: int = bounded(4, 1)  # optimizer steps on one round's samples
+    rollout_steps: int = bounded(10, 1)  # sampling steps of rollouts and held-out samples
+    guidance_scale: Optional[float] = bounded(None, 0.0)  # None: the checkpoint's sampler's
+    optimise: str = "reward"  # the scorer dimension maximised (reward=weighted names it `reward`)
+    eval_every: int = bounded(10, 1)  # rounds between held-out evaluations (also before the first and at the end)
+    eval_prompts: int = bounded(16, 1)  # held-out benchmark prompts, one sample each, the model alone (no replacement)
+    guard: dict[str, float] = field(default_factory=lambda: {"guide_psnr": 5.0, "temporal_flickering": 0.02})
+    checkpoint_every: int = bounded(5, 1)  # rounds between checkpoints (kill and resume continue from the last)
+
+
+@dataclass
+class PairwiseRLConfig(RLConfig):
+    """DPO and GAPO: the best and worst rollout of each group (or a pairs file's pair) at the same noise and level."""
+
+    beta: Optional[float] = bounded(None, 0.0)  # None: 100 for flow matching (Flow-DPO), 5000 for v-prediction
+    weighting: str = choice("gap", "none")  # gap: GAPO's base^(s_w/R) - base^(s_l/R) per pair; none: DPO
+    gap_base: float = bounded(2.0, 1.0)
+    score_range: float = bounded(1.0, 1e-9)  # R: the score that counts as full marks (AniSora: 100)
+    min_gap: float = bounded(0.0, 0.0)  # groups whose best and worst differ by less give no pair
+
+
+@dataclass
+class RWRConfig(RLConfig):
+    """Reward-weighted regression: the denoising loss of every rollout weighted by exp(advantage / temperature)."""
+
+    _target_: str = "anisora.methods.preference.rwr.RWRMethod"
+    temperature: float = bounded(0.5, 1e-6)
+
+
+@dataclass
+class GRPOConfig(RLConfig):
+    """Flow-GRPO: flow_sde rollouts, group-normalised advantages, PPO-clipped ratios of per-step log-probabilities,
+    KL of each step to the reference's (next-batch.md section 2.2)."""
+
+    _target_: str = "anisora.methods.preference.grpo.GRPOMethod"
+    noise_level: float = bounded(0.7, 0.0)  # a in sigma_t = a sqrt(s / (1 - s))
+    clip_range: float = bounded(1e-3, 0.0)
+    kl_weight: float = bounded(0.004, 0.0)
+    advantage_clip: float = bounded(5.0, 0.0)
+    train_steps: Optional[int] = bounded(None, 1)  # SDE steps trained per round (a seeded draw); None: all
+
+
+@dataclass
+class RLFinetuneTaskConfig:
+    """rl_finetune.py: the model, data world, guide policy and sampler come from the starting checkpoint."""
+
+    task_name: str = "rl_finetune"
+    seed: int = 0
+    ckpt: str = "latest"  # the starting checkpoint: "latest" = the newest last.ckpt train.py wrote, or a path
+    ckpt_path: Optional[str] = None  # resume an rl_finetune run: "last" = its newest last.ckpt, or a path
+    pairs: Optional[str] = None  # offline mode: a pairs file (JSON lines: video_path "w.mp4,l.mp4", caption, scores)
+    lora_rank: int = bounded(32, 0)  # the policy's LoRA (0: full fine-tuning, the reference a frozen copy)
+    lora_alpha: float = bounded(64.0, 0.0)
+    rl: Any = MISSING
+    reward: Optional[Any] = MISSING
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    accelerator: AcceleratorConfig = MISSING
+    strategy: StrategyConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    callbacks: CallbacksConfig = MISSING
+    logger: LoggerConfig = MISSING
     paths: PathsConfig = MISSING
     tags: list[str] = field(default_factory=list)

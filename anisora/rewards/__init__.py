@@ -6,42 +6,61 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from anisora.config.errors import ConfigError
+from anisora.config.schema import RewardConfig
+from anisora.config.validate import check_node
 from anisora.rewards.base import Clip, Scorer
 from anisora.rewards.clips import clip_from_pair, clips_from_tensors, guided_frames
 
 
-def _ground_truth(cfg: Mapping[str, Any]) -> Scorer:
+def _ground_truth(cfg: dict[str, Any]) -> Scorer:
     from anisora.rewards.ground_truth import GroundTruthScorer
 
     return GroundTruthScorer()
 
 
-def _weighted(cfg: Mapping[str, Any]) -> Scorer:
+def _weighted(cfg: dict[str, Any]) -> Scorer:
     from anisora.rewards.weighted import WeightedScorer
 
-    names = list(cfg.get("scorers") or [])
-    if "weighted" in names:
+    if "weighted" in cfg["scorers"]:
         raise ConfigError("reward.scorers", "a weighted scorer combines other scorers, not itself")
-    return WeightedScorer([build_scorer({**cfg, "name": n}) for n in names], cfg.get("weights") or {})
+    return WeightedScorer([build_scorer({**cfg, "name": n}) for n in cfg["scorers"]], cfg["weights"])
+
+
+def _weight_free(cfg: dict[str, Any]) -> Scorer:
+    from anisora.rewards.weight_free import WeightFreeScorer
+
+    static = cfg["static"]
+    return WeightFreeScorer(cfg["flow_method"], static["frames"], static["pixel_delta"], static["min"])
 
 
 #: name -> builder from the reward config; each builder imports its own (possibly heavy) modules
-BUILDERS: dict[str, Callable[[Mapping[str, Any]], Scorer]] = {
+BUILDERS: dict[str, Callable[[dict[str, Any]], Scorer]] = {
     "ground_truth": _ground_truth,
     "weighted": _weighted,
+    "weight_free": _weight_free,
 }
+
+
+def reward_config(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
+    """`cfg` over the RewardConfig schema (its defaults filled in, unknown keys and bad values refused in one line)."""
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(RewardConfig), cfg)
+    except OmegaConfBaseException as ex:
+        raise ConfigError(f"reward.{getattr(ex, 'full_key', '') or ''}".rstrip("."), str(ex).splitlines()[0]) from None
+    check_node(node, "reward")
+    return OmegaConf.to_container(node, resolve=True)
 
 
 def build_scorer(cfg: Mapping[str, Any] | DictConfig) -> Scorer:
     """The scorer a `reward` config names (`name`: one of BUILDERS), checked before any video is read."""
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True)
-    name = cfg.get("name")
-    if name not in BUILDERS:
-        raise ConfigError("reward.name", f"expected one of {', '.join(BUILDERS)}; got {name!r}")
-    return BUILDERS[name](cfg)
+    settings = reward_config(cfg)
+    if settings["name"] not in BUILDERS:
+        raise ConfigError("reward.name", f"expected one of {', '.join(BUILDERS)}; got {settings['name']!r}")
+    return BUILDERS[settings["name"]](settings)
 
 
-__all__ = ["BUILDERS", "Clip", "Scorer", "build_scorer", "clip_from_pair", "clips_from_tensors", "guided_frames"]
+__all__ = ["BUILDERS", "Clip", "Scorer", "build_scorer", "clip_from_pair", "clips_from_tensors", "guided_frames",
+           "reward_config"]

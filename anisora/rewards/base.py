@@ -27,6 +27,7 @@ class Clip:
     guide_frames: np.ndarray | None = None  # (K, H, W, 3) uint8: the given pixels of those frames
     guide_keep: np.ndarray | None = None  # (K, H, W) bool: where each guide frame was given
     truth: dict[str, Any] | None = None  # the synthetic world's ground truth (direction, speed, colour_rgb)
+    fps: float | None = None  # frame rate, where known (VBench reads dynamic degree at about 8 fps)
 
 
 class Scorer(ABC):

@@ -12,9 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from anisora.evaluation.metrics import PSNR_CAP, guide_fidelity, temporal_flickering
+from anisora.evaluation.metrics import temporal_flickering
 from anisora.evaluation.tracking import motion_from_track, track_sprite
 from anisora.rewards.base import Clip, Scorer
+from anisora.rewards.fidelity import guide_psnr_scores
 
 
 def speed_score(speed_pred: float, speed_true: float) -> float:
@@ -23,18 +24,6 @@ def speed_score(speed_pred: float, speed_true: float) -> float:
     if not (math.isfinite(speed_pred) and math.isfinite(speed_true)) or speed_true <= 0.0:
         return math.nan
     return max(0.0, 1.0 - abs(speed_pred - speed_true) / speed_true)
-
-
-def guide_scores(clip: Clip) -> dict[str, float]:
-    """Mean and worst PSNR (capped at PSNR_CAP dB) of the guided frames inside their kept regions."""
-    if not clip.guide_indices or clip.guide_frames is None:
-        return {"guide_psnr": math.nan, "guide_psnr_min": math.nan}
-    keep = clip.guide_keep if clip.guide_keep is not None else np.ones(clip.guide_frames.shape[:3], dtype=bool)
-    values = [min(v, PSNR_CAP) for v in guide_fidelity(clip.frames, clip.guide_frames, keep,
-                                                       clip.guide_indices).values() if not math.isnan(v)]
-    if not values:
-        return {"guide_psnr": math.nan, "guide_psnr_min": math.nan}
-    return {"guide_psnr": float(np.mean(values)), "guide_psnr_min": float(min(values))}
 
 
 class GroundTruthScorer(Scorer):
@@ -62,7 +51,7 @@ class GroundTruthScorer(Scorer):
             "speed_error": abs(speed - speed_true),  # NaN unless both are known
             "speed_score": speed_score(speed, speed_true),
             "colour_consistency": float(np.isfinite(track).all(axis=1).mean()) if colour is not None else math.nan,
-            **guide_scores(clip),
+            **guide_psnr_scores(clip),
             "temporal_flickering": temporal_flickering(video) if len(video) >= 2 else math.nan,
         }
 
