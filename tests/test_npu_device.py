@@ -1,4 +1,5 @@
-"""accelerator=npu on a real device: tensors live on "npu", compute, train, checkpoint and resume.
+"""accelerator=npu on a real device: tensors live on "npu", compute, train (one process, and DDP over two),
+checkpoint and resume.
 
 The device is PyTorch's PrivateUse1 backend renamed to "npu", with a small C++ extension compiled here
 (tests/npu_stand_in/openreg_npu.cpp): its own allocator over host memory, device guard, hooks, memory
@@ -300,3 +301,27 @@ def test_shard_training_on_the_npu_parks_frozen_encoders_on_the_cpu(npu_env, tmp
     denoiser = {k: v for k, v in placed.items() if k.startswith("backbone.denoiser.")}
     assert encoder and set(encoder.values()) == {"cpu"}
     assert denoiser and set(denoiser.values()) == {"npu:0"}
+
+
+def test_ddp_over_two_npu_processes_matches_one_cpu_process(npu_env, tmp_path):
+    """strategy=ddp on npu:0 and npu:1 (NPUDDPStrategy, "hccl": the stand-in's collectives over gloo), batch 2
+    per rank, reaches after 2 steps the weights one CPU process reaches with batch 4 on the same clips: the
+    gradients really were averaged across the two processes."""
+    from test_strategies import RUN as STRATEGY_RUN
+    from test_strategies import assert_same_training, final_weights
+
+    def train(name: str, *overrides: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+        args = [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={tmp_path / name}",
+                f"hydra.run.dir={tmp_path / name / 'run'}", *STRATEGY_RUN, *overrides]
+        done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr[-4000:]
+        return done
+
+    train("cpu", "data.batch_size=4", env=dict(os.environ))
+    ddp = train("npu", *ON_NPU, "strategy=ddp", "accelerator.devices=2", "data.batch_size=2",
+                "callbacks.checkpoint_every_n_steps=2", env=npu_env)
+    assert "distributed_backend=hccl" in ddp.stdout + ddp.stderr
+    assert "Starting with 2 processes" in ddp.stdout + ddp.stderr
+    reference, weights = final_weights(tmp_path / "cpu" / "run"), final_weights(tmp_path / "npu" / "run")
+    assert_same_training(reference, weights)
+    assert saved_on_npu(tmp_path / "npu" / "run" / "checkpoints" / "step000002.ckpt")

@@ -2,9 +2,10 @@
 
 Importing this module loads `openreg_npu.cpp` (built by `openreg_build`: an allocator over host memory,
 a device guard for 2 devices, backend hooks, memory/view kernels, a CPU fallback for every other op and
-autocast), renames PrivateUse1 to "npu" and registers `torch.npu` with the calls torch, Lightning and
-anisora make. So `ANISORA_NPU_TEST_BACKEND=openreg_npu` makes `anisora.accelerators.npu` run on a device
-where tensors really live. The rename is process-wide: import this only in a process of its own.
+autocast), renames PrivateUse1 to "npu", registers `torch.npu` with the calls torch, Lightning and
+anisora make, and an "hccl" process-group backend over gloo (`openreg_hccl`), as torch_npu does. So
+`ANISORA_NPU_TEST_BACKEND=openreg_npu` makes `anisora.accelerators.npu` run on a device where tensors
+really live. The rename is process-wide: import this only in a process of its own.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 from openreg_build import build
+from openreg_hccl import register as register_hccl
 
 
 def _ops() -> Any:
@@ -150,6 +152,7 @@ def install() -> None:
         torch.utils.rename_privateuse1_backend("npu")
     torch._register_device_module("npu", _device_module())
     torch.utils.generate_methods_for_privateuse1_backend(for_packed_sequence=False)
+    register_hccl()
 
 
 install()
