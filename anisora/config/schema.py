@@ -484,6 +484,8 @@ class EvaluateTaskConfig:
     seed: int = 0
     ckpt: str = "latest"
     videos: Optional[str] = None  # score a folder of mp4 files instead of generating
+    metrics: list[str] = field(default_factory=lambda: ["ground_truth", "weight_free"])  # scorers of the reward group
+    reward: Optional[Any] = None  # reward=NAME: one more scorer, with its settings (also read by `metrics`)
     num_clips: int = bounded(32, 1)
     motion_score: Optional[float] = bounded(None, 0.0)  # replaces the benchmark captions' motion score
     aesthetic_score: Optional[float] = bounded(None, 0.0)

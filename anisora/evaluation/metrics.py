@@ -53,6 +53,7 @@ class ClipScore:
     first_frame_psnr: float
     temporal_flickering: float
     guide_psnr: dict[str, float] = field(default_factory=dict)  # guided frame -> PSNR inside its kept region
+    dimensions: dict[str, float] = field(default_factory=dict)  # scorer dimension -> value (anisora.rewards)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,12 +121,13 @@ def aggregate(scores: list[ClipScore]) -> dict[str, float]:
     """Flat benchmark metrics over clips; each mean skips clips where its score does not apply (NaN).
 
     direction_accuracy counts clips with a true direction; an untracked clip (no predicted direction)
-    counts as wrong. First-frame PSNR is capped at PSNR_CAP before averaging.
+    counts as wrong. First-frame PSNR is capped at PSNR_CAP before averaging. Then the mean of every scorer
+    dimension the clips carry (`ClipScore.dimensions`) under its own name.
     """
     with_truth = [s for s in scores if s.direction_true is not None]
     psnrs = [min(s.first_frame_psnr, PSNR_CAP) for s in scores if not math.isnan(s.first_frame_psnr)]
     correct = sum(s.direction_pred is not None and s.direction_pred == s.direction_true for s in with_truth)
-    return {
+    out = {
         "num_clips": float(len(scores)),
         "direction_accuracy": correct / len(with_truth) if with_truth else math.nan,
         "speed_error": _mean([s.speed_error for s in scores]),
@@ -136,6 +138,15 @@ def aggregate(scores: list[ClipScore]) -> dict[str, float]:
         "temporal_flickering": _mean([s.temporal_flickering for s in scores]),
         **guide_metrics(scores),
     }
+    for name, value in dimension_means(scores).items():  # a scorer dimension of the same name is the same mean
+        out.setdefault(name, value)
+    return out
+
+
+def dimension_means(scores: list[ClipScore]) -> dict[str, float]:
+    """The mean of every scorer dimension over the clips it applies to (NaN where it applies to none)."""
+    names = list(dict.fromkeys(k for s in scores for k in s.dimensions))
+    return {k: _mean([s.dimensions.get(k, math.nan) for s in scores]) for k in names}
 
 
 def guide_metrics(scores: list[ClipScore]) -> dict[str, float]:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from anisora.evaluation.metrics import PSNR_CAP, ClipFailure, ClipScore
+from anisora.evaluation.metrics import PSNR_CAP, ClipFailure, ClipScore, dimension_means
 from anisora.io import atomic_write_bytes
 
 DIRECTIONS = ("left", "right", "up", "down")
@@ -84,6 +84,37 @@ def chart_png(scores: list[ClipScore]) -> bytes:
     return buffer.getvalue()
 
 
+def dimensions_png(scores: list[ClipScore]) -> bytes:
+    """A bar per scorer dimension (its mean over the clips): those within [0, 1] on one axis, the others (PSNR in
+    dB, flow in pixels, errors) on a second, so no scale hides another."""
+    means = {k: v for k, v in dimension_means(scores).items() if math.isfinite(v)}
+    unit = {k: v for k, v in means.items() if 0.0 <= v <= 1.0}
+    other = {k: v for k, v in means.items() if k not in unit}
+    panels = [(t, g) for t, g in (("scores in [0, 1]", unit), ("other scales", other)) if g]
+    fig = Figure(figsize=(9, 0.6 + 0.32 * max([len(g) for _, g in panels] or [1])))
+    for ax, (title, group) in zip(fig.subplots(1, max(len(panels), 1), squeeze=False)[0], panels):
+        bars = ax.barh(list(group), list(group.values()), color="tab:blue")
+        ax.bar_label(bars, labels=[f"{v:.3f}" for v in group.values()], fontsize=7)
+        ax.invert_yaxis()
+        ax.tick_params(labelsize=7)
+        ax.set(title=title, xlim=(0, 1.15) if group is unit else None)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def dimension_lines(scores: list[ClipScore]) -> list[str]:
+    """The report's per-clip table of scorer dimensions (nothing when no scorer ran)."""
+    names = list(dict.fromkeys(k for s in scores for k in s.dimensions))
+    if not names:
+        return []
+    lines = ["", "## Dimensions per clip", "", "![dimensions](dimensions.png)", "",
+             "| clip | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    return lines + [f"| {_cell(s.name)} | " + " | ".join(_fmt(s.dimensions.get(k)) for k in names) + " |"
+                    for s in scores]
+
+
 def failure_lines(scored: int, failures: Sequence[ClipFailure]) -> list[str]:
     """The report's note of files that could not be scored, one row each (nothing when all were)."""
     if not failures:
@@ -105,18 +136,21 @@ def markdown(title: str, metrics: dict[str, float], scores: list[ClipScore],
     lines += [f"| {_cell(s.name)} | {_fmt(s.direction_true)} / {_fmt(s.direction_pred)} "
               f"| {_fmt(s.speed_true)} / {_fmt(s.speed_pred)} | {_fmt(s.first_frame_psnr)} "
               f"| {_fmt(s.temporal_flickering)} |" for s in scores]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + dimension_lines(scores)) + "\n"
 
 
 def write_report(folder: str | Path, metrics: dict[str, float], scores: list[ClipScore],
                  title: str = "Evaluation", failures: Sequence[ClipFailure] = ()) -> dict[str, Path]:
-    """Write metrics.json, per_clip.jsonl, metrics.png and report.md (each atomically) into `folder`."""
+    """Write metrics.json, per_clip.jsonl, metrics.png, dimensions.png (when clips carry scorer dimensions) and
+    report.md (each atomically) into `folder`."""
     folder = Path(folder)
     metrics_json = json.dumps({k: _json_safe(v) for k, v in metrics.items()}, indent=2, sort_keys=True,
                               allow_nan=False)
     per_clip = "".join(json.dumps({k: _json_safe(v) for k, v in s.to_json().items()}, allow_nan=False) + "\n"
                        for s in [*scores, *failures])
-    return {
+    charts = {"dimensions_png": atomic_write_bytes(folder / "dimensions.png", dimensions_png(scores))} \
+        if any(s.dimensions for s in scores) else {}
+    return charts | {
         "metrics_json": atomic_write_bytes(folder / "metrics.json", (metrics_json + "\n").encode()),
         "per_clip_jsonl": atomic_write_bytes(folder / "per_clip.jsonl", per_clip.encode()),
         "chart_png": atomic_write_bytes(folder / "metrics.png", chart_png(scores)),

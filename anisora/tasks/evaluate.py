@@ -20,7 +20,7 @@ from anisora.accelerators.devices import (
     set_num_threads,
 )
 from anisora.config.errors import ConfigError
-from anisora.data.captions import caption_with_scores
+from anisora.data.captions import caption_with_scores, sidecar_caption
 from anisora.data.synthetic import benchmark_clips
 from anisora.evaluation.metrics import ClipFailure, ClipScore, aggregate, guide_fidelity, score_clip
 from anisora.evaluation.report import write_report
@@ -37,6 +37,7 @@ from anisora.inference.video_io import (
     write_mp4,
 )
 from anisora.io import atomic_write_bytes
+from anisora.rewards import BUILDERS, Clip, Scorer, build_scorer
 from anisora.rewards.clips import guided_frames
 from anisora.tasks.common import environment_defaults, find_checkpoint, run_task, write_run_record
 from anisora.tasks.infer import sampler_spec, world_from_data
@@ -49,23 +50,50 @@ GROUPS = ["guide", "sampler", "accelerator", "logger", "paths"]
 UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
-def score_file(path: Path) -> ClipScore:
-    """Score one mp4 with its sidecars: <stem>.json (`truth`, `scale`), <stem>.guide.png (the first frame's
-    guide) and <stem>.guide.npz (every guided frame with its kept region)."""
+def build_scorers(cfg: DictConfig) -> list[Scorer]:
+    """The scorers of `metrics=[...]` (names of the reward group, sharing `reward`'s settings) and of `reward=`,
+    built (weights checked) before any video is read."""
+    settings = OmegaConf.to_container(cfg.reward, resolve=True) if cfg.reward is not None else {}
+    for name in cfg.metrics:
+        if name not in BUILDERS:
+            raise ConfigError("metrics", f"expected names among {', '.join(BUILDERS)}; got {name!r}")
+    scorers = [build_scorer({**settings, "name": name}) for name in cfg.metrics if name != settings.get("name")]
+    return scorers + ([build_scorer(settings)] if settings else [])
+
+
+def dimensions(scorers: list[Scorer], clip: Clip) -> dict[str, float]:
+    """Every scorer's dimensions of one clip; where two scorers name one dimension, the first one's value."""
+    out: dict[str, float] = {}
+    for scorer in scorers:
+        for k, v in scorer.score([clip])[0].items():
+            out.setdefault(k, float(v))
+    return out
+
+
+def score_file(path: Path, scorers: list[Scorer] = ()) -> ClipScore:
+    """Score one mp4 with its sidecars: <stem>.json (`truth`, `scale`, `caption`, `fps`) or <stem>.txt (the
+    caption), <stem>.guide.png (the first frame's guide) and <stem>.guide.npz (every guided frame with its kept
+    region); `scorers` add their dimensions."""
     meta_path = path.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     video = read_video(path, downscale=int(meta.get("scale", 1)))
     guide_path = path.with_suffix(".guide.png")
     guide = read_image(guide_path) if guide_path.is_file() else None
+    clip = Clip(name=path.stem, frames=video, prompt=sidecar_caption(path) or "", truth=meta.get("truth"),
+                fps=meta.get("fps"))
     guides = None
     npz_path = path.with_suffix(".guide.npz")
     if npz_path.is_file():
         with np.load(npz_path) as z:
-            guides = guide_fidelity(video, z["given"], z["keep"], [int(i) for i in z["indices"]])
-    return score_clip(path.stem, video, guide, meta.get("truth"), guides)
+            clip.guide_indices = [int(i) for i in z["indices"]]
+            clip.guide_frames, clip.guide_keep = z["given"], z["keep"]
+            guides = guide_fidelity(video, clip.guide_frames, clip.guide_keep, clip.guide_indices)
+    score = score_clip(path.stem, video, guide, meta.get("truth"), guides)
+    score.dimensions = dimensions(list(scorers), clip)
+    return score
 
 
-def score_folder(folder: Path) -> tuple[list[ClipScore], list[ClipFailure]]:
+def score_folder(folder: Path, scorers: list[Scorer] = ()) -> tuple[list[ClipScore], list[ClipFailure]]:
     """Score every mp4 in a folder; a file that cannot be read is recorded with its error and the rest are
     scored. Refused (ConfigError) only when there is nothing to score."""
     videos = sorted(folder.glob("*.mp4"))
@@ -74,7 +102,7 @@ def score_folder(folder: Path) -> tuple[list[ClipScore], list[ClipFailure]]:
     scores, failures = [], []
     for path in videos:
         try:
-            scores.append(score_file(path))
+            scores.append(score_file(path, scorers))
         except UNREADABLE as ex:
             failures.append(ClipFailure.of(path, ex))
             log.warning("%s not scored: %s", path.name, failures[-1].error)
@@ -97,7 +125,7 @@ def check_guides(cfg: DictConfig, ckpt: Path) -> None:
                cfg.guide.mask_threshold, files.mask)
 
 
-def generate_benchmark(cfg: DictConfig, ckpt: Path, run_dir: Path) -> list[ClipScore]:
+def generate_benchmark(cfg: DictConfig, ckpt: Path, run_dir: Path, scorers: list[Scorer] = ()) -> list[ClipScore]:
     """Sample the benchmark clips guided by `guide=` (first frame by default) and their captions; keep every
     video with its truth and its guide."""
     device = resolve_device(cfg.accelerator.name)
@@ -137,7 +165,11 @@ def generate_benchmark(cfg: DictConfig, ckpt: Path, run_dir: Path) -> list[ClipS
             atomic_write_bytes(folder / f"{name}.guide.npz", buffer.getvalue())
             meta = {"caption": captions[i], "truth": clip.truth.to_json(), "scale": scale}
             atomic_write_bytes(folder / f"{name}.json", (json.dumps(meta) + "\n").encode())
-            scores.append(score_clip(name, video, first, meta["truth"], guide_fidelity(video, given, keep, indices)))
+            score = score_clip(name, video, first, meta["truth"], guide_fidelity(video, given, keep, indices))
+            score.dimensions = dimensions(list(scorers), Clip(name=name, frames=video, prompt=captions[i],
+                                                              guide_indices=indices, guide_frames=given,
+                                                              guide_keep=keep, truth=meta["truth"]))
+            scores.append(score)
         log.info("scored %d / %d clips", len(scores), len(clips))
     return scores
 
@@ -165,10 +197,12 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         check_guides(cfg, ckpt)
         check_attention_backend(cfg.accelerator.attention_backend)
         check_speedups(SpeedupSpec.from_config(cfg.speedup), resolve_device(cfg.accelerator.name))
+    scorers = build_scorers(cfg)
     environment_defaults()
     write_run_record(cfg, run_dir)
     set_num_threads(cfg.accelerator.num_threads)
-    scores, failures = score_folder(folder) if ckpt is None else (generate_benchmark(cfg, ckpt, run_dir), [])
+    scores, failures = (score_folder(folder, scorers) if ckpt is None
+                        else (generate_benchmark(cfg, ckpt, run_dir, scorers), []))
     metrics = aggregate(scores) | {"num_failed": float(len(failures))}
     paths = write_report(run_dir, metrics, scores, title=f"Evaluation of {ckpt or cfg.videos}", failures=failures)
     log_to_wandb(cfg, run_dir, metrics, paths["chart_png"])
