@@ -1,4 +1,5 @@
-"""Training from shards: rank x worker split, one shape per batch, exact resume, corrupt budget, train.py."""
+"""Training from shards: rank x worker split, one shape per batch, exact resume, corrupt budget, train.py, and a
+training step from shards equal to one from the generator on the same clips."""
 
 from __future__ import annotations
 
@@ -15,13 +16,16 @@ from torch.utils.data import DataLoader
 from anisora.backbones import build_backbone
 from anisora.config.errors import ConfigError
 from anisora.data.clip_source import ClipFormat
-from anisora.data.datamodule import ShardDataModule
+from anisora.data.datamodule import ShardDataModule, clip_to_item, collate
 from anisora.data.encode import EncodeSettings, encode_shards
 from anisora.data.manifest import read_manifest
 from anisora.data.shard_format import expand_urls, read_tar, write_tar
 from anisora.data.shard_stream import ShardStream
-from anisora.data.synthetic import WorldConfig
+from anisora.data.synthetic import WorldConfig, make_clip
 from anisora.data.synthetic_export import export_world
+from anisora.diffusion.loss_weights import weighted_mse
+from anisora.methods.base import DiffusionMethod, TrainBatch
+from anisora.tasks.train import method_class
 
 WORLD = WorldConfig(num_frames=5, height=16, width=16, sprite_size=6)
 MODEL = [o for o in TINY if o.startswith("model.")]
@@ -164,3 +168,57 @@ def test_train_from_shards_resumes_exactly(shards, tmp_path):
     assert step_full == step_resumed == STEPS and a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def tiny_method(*overrides: str) -> DiffusionMethod:
+    """The method train.py builds for the tiny model (the weights the shards were encoded with), in-process."""
+    cfg = compose("train", [*TINY, *overrides])
+    part = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "guide", "optimizer", "sampler", "data")}
+    return method_class(cfg.method)(**part, max_steps=STEPS, sequence_parallel=1, frozen_dtype="float32")
+
+
+def loss_and_gradients(method: DiffusionMethod, inputs: TrainBatch, seeds: list[int]) -> tuple[float, dict]:
+    """SFT's loss on `inputs` with noise levels and noise drawn from fresh generators of `seeds` (the two data
+    paths spend different numbers of draws on their guide choice), and the gradient of every parameter."""
+    inputs.generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    method.zero_grad()
+    terms = method.denoising_inputs(inputs)
+    pred = method.backbone.denoise(terms["noisy"], terms["timestep"], method.with_text_gradients(inputs))
+    loss = weighted_mse(pred.float(), terms["target"].float(), terms["weight"])
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
+
+
+# guide policy -> the stored guide modes a shard sample may draw from: first frame kept and text kept, or both
+# dropped (the stored no-guide conditioning and null-text embedding against the pixel path's own encodings)
+DRAWS = {"i2v": (["guide.p_drop_guides=0", "guide.p_drop_text=0"], ("i2v", "none")),
+         "no_guide_no_text": (["guide.p_drop_guides=1", "guide.p_drop_text=1"], ("i2v", "flf2v", "none"))}
+
+
+@pytest.mark.parametrize("draw", list(DRAWS))
+def test_a_step_from_shards_equals_a_step_from_the_generator_on_the_same_clips(shards, draw):
+    """What makes shards reach the generator's accuracy (benchmarks/shards_vs_synthetic.py, ~25 min): a step
+    from a shard batch sees exactly the latents, text embeddings and guide conditioning the generator path
+    computes from the same clips' pixels, so its loss and every gradient are the same."""
+    overrides, modes = DRAWS[draw]
+    method = tiny_method("guide.p_random_main=0", "guide.p_second=0", "guide.p_region=0", *overrides)
+    dm = ShardDataModule(shards["big"], WORLD, seed=0, batch_size=4, shuffle_buffer=4)
+    stored = dm.on_before_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    stored["guides"] = {k: v for k, v in stored["guides"].items() if k in modes}
+    records = list(read_manifest(Path(shards["big"][0]).parents[1] / "src" / "manifest.jsonl", kept_only=True))
+    indices = [int(records[int(key)].scores["synthetic_index"]) for key in stored["key"]]
+    pixels = collate([clip_to_item(make_clip(WORLD, 0, "train", i), i, 0) for i in indices])
+    from_shards, from_pixels = method.prepare_batch(stored), method.prepare_batch(pixels)
+
+    assert from_shards.captions == from_pixels.captions
+    assert all(from_shards.captions) if draw == "i2v" else set(from_shards.captions) == {""}
+    for name in ("x0", "slots"):
+        assert torch.equal(getattr(from_shards, name), getattr(from_pixels, name)), name
+    for name in ("text", "guide"):
+        assert torch.equal(getattr(from_shards.cond, name), getattr(from_pixels.cond, name)), name
+    assert from_shards.slots.any() == (draw == "i2v")  # the i2v draw really guides frame 0
+    loss, grads = loss_and_gradients(method, from_shards, stored["seed"])
+    reference_loss, reference = loss_and_gradients(method, from_pixels, stored["seed"])
+    assert loss == reference_loss and grads.keys() == reference.keys() and len(grads) > 10
+    for name, grad in grads.items():
+        assert torch.equal(grad, reference[name]), name
