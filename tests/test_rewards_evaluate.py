@@ -41,6 +41,7 @@ def test_a_folder_of_mixed_clips_gets_every_weight_free_dimension(tmp_path):
     assert noise["static"] == 0.0 and noise["motion_smoothness_blend"] < still["motion_smoothness_blend"]
     assert metrics["dynamic_degree"] == pytest.approx((1.0 + 0.0 + noise["dynamic_degree"]) / 3)
     assert metrics["static"] == pytest.approx(1 / 3)
+    assert metrics["vbench_quality_dims"] == 3  # temporal flickering, dynamic degree, the smoothness proxy
     report = (run_dir / "report.md").read_text()
     assert "## Dimensions per clip" in report and "| motion_smoothness_blend |" in report
     assert (run_dir / "dimensions.png").stat().st_size > 1000

@@ -340,11 +340,17 @@ class RewardConfig:
     """A scorer of anisora.rewards by name (the `reward` group): evaluate.py reports its dimensions and
     rl_finetune.py maximises them. `weighted` sums other scorers' dimensions: reward = sum(weight * score)."""
 
-    name: str = choice("ground_truth", "weighted", "weight_free")
+    name: str = choice("ground_truth", "weighted", "weight_free", "vbench")
     scorers: list[str] = field(default_factory=lambda: ["ground_truth"])  # weighted: the scorers it combines
     weights: dict[str, float] = field(default_factory=dict)  # weighted: dimension -> weight (negative for errors)
     flow_method: str = choice("farneback", "dis")  # weight_free: OpenCV optical flow of dynamic degree
     static: StaticConfig = field(default_factory=StaticConfig)  # weight_free: static-video detection
+    dino: Optional[str] = None  # vbench: local DINO ViT-B/16 folder (subject consistency, I2V subject)
+    clip: Optional[str] = None  # vbench: local CLIP ViT-B/32 folder and tokenizer (background, I2V background, text)
+    clip_large: Optional[str] = None  # vbench: local CLIP ViT-L/14 folder (aesthetic quality, with aesthetic_head)
+    aesthetic_head: Optional[str] = None  # vbench: LAION's sa_0_4_vit_l_14_linear.pth (Linear 768 -> 1)
+    accelerator: str = choice("auto", "cpu", "gpu", "npu")  # vbench: where the towers run
+    batch_frames: int = bounded(32, 1)  # vbench: frames per forward pass
 
 
 @dataclass

@@ -36,11 +36,20 @@ def _weight_free(cfg: dict[str, Any]) -> Scorer:
     return WeightFreeScorer(cfg["flow_method"], static["frames"], static["pixel_delta"], static["min"])
 
 
+def _vbench(cfg: dict[str, Any]) -> Scorer:
+    from anisora.accelerators.devices import resolve_device
+    from anisora.rewards.vbench import VBenchScorer
+
+    return VBenchScorer(cfg["dino"], cfg["clip"], cfg["clip_large"], cfg["aesthetic_head"],
+                        resolve_device(cfg["accelerator"]), cfg["batch_frames"])
+
+
 #: name -> builder from the reward config; each builder imports its own (possibly heavy) modules
 BUILDERS: dict[str, Callable[[dict[str, Any]], Scorer]] = {
     "ground_truth": _ground_truth,
     "weighted": _weighted,
     "weight_free": _weight_free,
+    "vbench": _vbench,
 }
 
 

@@ -39,6 +39,7 @@ from anisora.inference.video_io import (
 from anisora.io import atomic_write_bytes
 from anisora.rewards import BUILDERS, Clip, Scorer, build_scorer
 from anisora.rewards.clips import guided_frames
+from anisora.rewards.vbench_aggregate import quality as vbench_quality
 from anisora.tasks.common import environment_defaults, find_checkpoint, run_task, write_run_record
 from anisora.tasks.infer import sampler_spec, world_from_data
 
@@ -204,6 +205,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     scores, failures = (score_folder(folder, scorers) if ckpt is None
                         else (generate_benchmark(cfg, ckpt, run_dir, scorers), []))
     metrics = aggregate(scores) | {"num_failed": float(len(failures))}
+    metrics |= vbench_quality(metrics)  # over the VBench quality dimensions the scorers gave
     paths = write_report(run_dir, metrics, scores, title=f"Evaluation of {ckpt or cfg.videos}", failures=failures)
     log_to_wandb(cfg, run_dir, metrics, paths["chart_png"])
     width = max(len(k) for k in metrics)
