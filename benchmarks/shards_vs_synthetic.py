@@ -1,6 +1,6 @@
 """Training from encoded shards matches training on the synthetic generator (default tiny model, this CPU).
 
-    python benchmarks/shards_vs_synthetic.py [--keep] [extra train.py overrides ...]
+    python benchmarks/shards_vs_synthetic.py [--keep] [--out FILE] [extra train.py overrides ...]
 
 1. exports the synthetic clips the default tiny training consumes (max_steps x batch_size distinct clips,
    train split, data.seed: the very clips the generator run sees) as lossless FFV1 files + manifest.jsonl;
@@ -10,12 +10,14 @@
 4. trains and evaluates the generator arm the same way in the same run (`train.py` + `evaluate.py` with the
    same overrides, on the same machine at the same load), and compares direction_accuracy.
 
-Prints a table and writes benchmarks/results/shards_vs_synthetic.json; passes when they agree within 0.05.
+Prints a table and writes benchmarks/results/shards_vs_synthetic.json (or --out FILE); passes when they agree
+within 0.05.
 The working folder (sources, about 1.8 GB of shards, runs) is removed at the end unless --keep is given.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -30,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 TOLERANCE = 0.05
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "shards_vs_synthetic.json"
 
 
 def run(*args: str, log_dir: Path | None = None) -> float:
@@ -62,8 +65,11 @@ def main(argv: list[str]) -> int:
     from anisora.data.synthetic import WorldConfig
     from anisora.data.synthetic_export import export_world
 
-    keep = "--keep" in argv
-    extra = [a for a in argv if a != "--keep"]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true", help="keep the working folder")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args, extra = parser.parse_known_args(argv)  # the rest: train.py overrides for both arms
+    keep, out = args.keep, args.out
     defaults = train_defaults(extra)
     data = defaults["data"]
     clips = defaults["max_steps"] * defaults["accumulate"] * data["batch_size"]
@@ -101,7 +107,6 @@ def main(argv: list[str]) -> int:
         "direction_accuracy_gap": gap, "tolerance": TOLERANCE, "agree": gap <= TOLERANCE,
         "work_dir": str(work) if keep else None,
     })
-    out = ROOT / "benchmarks" / "results" / "shards_vs_synthetic.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 
