@@ -34,9 +34,11 @@ class SyntheticClipStream(IterableDataset):
     """Clips start, start+1, ... of this rank's share: under data parallelism rank r of R takes clips r, r+R, ...,
     so ranks see different clips and one rank alone (R = 1) sees the stream as it always was."""
 
-    def __init__(self, world: WorldConfig, seed: int, start: int = 0, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, world: WorldConfig, seed: int, start: int = 0, rank: int = 0, world_size: int = 1,
+                 truth: bool = False) -> None:
         self.world, self.seed, self.start = world, seed, start
         self.rank, self.world_size = rank, world_size
+        self.truth = truth  # also yield each clip's ground truth (RL rollouts are scored against it)
 
     def __iter__(self):
         info = get_worker_info()
@@ -44,7 +46,11 @@ class SyntheticClipStream(IterableDataset):
         local = self.start + wid
         while True:
             index = local * self.world_size + self.rank
-            yield clip_to_item(make_clip(self.world, self.seed, "train", index), index, self.seed)
+            clip = make_clip(self.world, self.seed, "train", index)
+            item = clip_to_item(clip, index, self.seed)
+            if self.truth:
+                item["truth"] = clip.truth.to_json()
+            yield item
             local += nworkers
 
 
@@ -74,9 +80,9 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 class SyntheticDataModule(pl.LightningDataModule):
     def __init__(self, world: WorldConfig, seed: int, batch_size: int, num_workers: int = 0,
-                 val_clips: int = 4, accumulate_grad_batches: int = 1) -> None:
+                 val_clips: int = 4, accumulate_grad_batches: int = 1, truth: bool = False) -> None:
         super().__init__()
-        self.world, self.seed = world, seed
+        self.world, self.seed, self.truth = world, seed, truth
         self.batch_size, self.num_workers, self.val_clips = batch_size, num_workers, val_clips
         self.accumulate = accumulate_grad_batches
         self.samples_seen = 0
@@ -93,7 +99,8 @@ class SyntheticDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         start = self.samples_seen
         rank, world = self.data_rank()
-        return DataLoader(SyntheticClipStream(self.world, self.seed, start, rank, world), batch_size=self.batch_size,
+        return DataLoader(SyntheticClipStream(self.world, self.seed, start, rank, world, self.truth),
+                          batch_size=self.batch_size,
                           num_workers=self.num_workers, collate_fn=collate, persistent_workers=False)
 
     def val_dataloader(self) -> DataLoader:

@@ -48,3 +48,12 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor 
         return err.mean()
     weight = weight.expand_as(err)
     return (err * weight).sum() / weight.sum()
+
+
+def weighted_mse_per_sample(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """`weighted_mse` of each sample on its own -> (B,): preference losses compare samples, not batches."""
+    err = (pred - target).square().flatten(1)
+    if weight is None:
+        return err.mean(dim=1)
+    weight = weight.expand_as(pred).flatten(1)
+    return (err * weight).sum(dim=1) / weight.sum(dim=1)

@@ -150,15 +150,15 @@ def newest(paths: list[Path]) -> Path | None:
     return max(paths, key=lambda p: p.stat().st_mtime) if paths else None
 
 
-def find_checkpoint(spec: str | None, log_dir: Path, key: str) -> Path | None:
-    """None -> None; 'last'/'latest' -> newest last.ckpt train.py wrote; else an existing file (or the folder
-    of a sharded checkpoint)."""
+def find_checkpoint(spec: str | None, log_dir: Path, key: str, task: str = "train") -> Path | None:
+    """None -> None; 'last'/'latest' -> newest last.ckpt `task` (train.py) wrote; else an existing file (or the
+    folder of a sharded checkpoint)."""
     if spec is None:
         return None
     if spec in ("last", "latest"):
-        found = newest(list((log_dir / "train").glob("*/checkpoints/last.ckpt")))
+        found = newest(list((log_dir / task).glob("*/checkpoints/last.ckpt")))
         if found is None:
-            raise ConfigError(key, f"{spec}: no checkpoints/last.ckpt under {log_dir / 'train'}; run train.py first")
+            raise ConfigError(key, f"{spec}: no checkpoints/last.ckpt under {log_dir / task}; run {task}.py first")
         return found
     path = Path(spec).expanduser()
     if not path.exists():
