@@ -99,6 +99,13 @@ def test_temporal_flickering_matches_vbench_definition():
         temporal_flickering(two[:1])
 
 
+def test_temporal_flickering_of_8_bit_frames_equals_the_float64_formula():
+    video = np.random.default_rng(0).integers(0, 256, (6, 12, 20, 3), dtype=np.uint8)
+    reference = 1.0 - np.abs(np.diff(video.astype(np.float64), axis=0)).mean() / 255.0
+    assert temporal_flickering(video) == pytest.approx(reference, abs=1e-12)
+    assert temporal_flickering(video.astype(np.float32)) == pytest.approx(reference, abs=1e-12)
+
+
 def test_score_clip_with_truth_and_guide():
     video = sprite_clip("down")
     guide = video[0].copy()
