@@ -340,7 +340,8 @@ class RewardConfig:
     """A scorer of anisora.rewards by name (the `reward` group): evaluate.py reports its dimensions and
     rl_finetune.py maximises them. `weighted` sums other scorers' dimensions: reward = sum(weight * score)."""
 
-    name: str = choice("ground_truth", "weighted", "weight_free", "vbench")
+    name: str = choice("ground_truth", "weighted", "weight_free", "vbench", "learned")
+    ckpt: Optional[str] = None  # learned: a method=reward_model checkpoint (train.py writes checkpoints/last.ckpt)
     scorers: list[str] = field(default_factory=lambda: ["ground_truth"])  # weighted: the scorers it combines
     weights: dict[str, float] = field(default_factory=dict)  # weighted: dimension -> weight (negative for errors)
     flow_method: str = choice("farneback", "dis")  # weight_free: OpenCV optical flow of dynamic degree
@@ -351,6 +352,38 @@ class RewardConfig:
     aesthetic_head: Optional[str] = None  # vbench: LAION's sa_0_4_vit_l_14_linear.pth (Linear 768 -> 1)
     accelerator: str = choice("auto", "cpu", "gpu", "npu")  # vbench: where the towers run
     batch_frames: int = bounded(32, 1)  # vbench: frames per forward pass
+
+
+#: AnimeReward's six dimensions (index-anisora-code.md section 4), the reward model's default heads
+ANIME_REWARD_DIMENSIONS = ("visual_smooth", "visual_motion", "visual_appeal", "text_video_consistency",
+                           "image_video_consistency", "character_consistency")
+
+
+@dataclass
+class RewardModelConfig:
+    """method=reward_model (anisora.methods.reward_model): heads per dimension over a vision tower and a text tower
+    from local transformers folders, trained on a reward data file (anisora.data.reward_clips) with regression on
+    scores and a pairwise loss on preferences. The shared `optimizer` group sets lr, betas and warm-up (VideoReward
+    trains the towers at 2e-6); its ema_decay does not apply."""
+
+    _target_: str = "anisora.methods.reward_model.RewardModelMethod"
+    vision: Optional[str] = None  # local CLIP, SigLIP, DINOv2 or ViT folder
+    text: Optional[str] = None  # local CLIP/SigLIP folder for prompts; null: the vision folder's own text tower
+    dimensions: list[str] = field(default_factory=lambda: list(ANIME_REWARD_DIMENSIONS))
+    train_data: Optional[str] = None  # reward data jsonl (clips with scores, pairs)
+    val_data: Optional[str] = None  # held-out jsonl; null: val_fraction of train_data's groups
+    val_fraction: float = bounded(0.2, 0.0, 0.9)
+    num_frames: int = bounded(8, 2)  # frames sampled evenly per clip (AnimeReward: 24 of the first 144)
+    hidden: int = bounded(256, 1)
+    train_vision: bool = True  # VideoReward trains its vision tower fully
+    train_text: bool = True
+    pair_loss: str = choice("btt", "bt", "none")  # btt: Bradley-Terry with ties (VideoReward's default)
+    tie_k: float = bounded(5.0, 1.0001)
+    tie_margin: float = bounded(0.0, 0.0)  # pairs from scores: a tie when the scores differ by at most this
+    regression_weight: float = bounded(1.0, 0.0)
+    pair_weight: float = bounded(1.0, 0.0)
+    batch_groups: int = bounded(4, 1)  # groups (clips of one prompt and guide) per batch
+    num_workers: int = bounded(0, 0)
 
 
 @dataclass
@@ -571,7 +604,7 @@ class RLFinetuneTaskConfig:
     lora_rank: int = bounded(32, 0)  # the policy's LoRA (0: full fine-tuning, the reference a frozen copy)
     lora_alpha: float = bounded(64.0, 0.0)
     rl: Any = MISSING
-    reward: Optional[Any] = MISSING
+    reward: Optional[Any] = None  # the `reward` group's scorer (required; `~reward` leaves none)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     accelerator: AcceleratorConfig = MISSING
     strategy: StrategyConfig = MISSING

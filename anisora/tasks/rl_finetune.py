@@ -51,7 +51,7 @@ def training_config(cfg: DictConfig, source: Path, start: str | None) -> DictCon
     checkpoint, or the resumed run's), this run's groups, the rl settings and the policy's LoRA as the method's
     options, the starting weights (`start`: None when resuming) and step counts in optimizer steps."""
     saved = read_hparams(source)
-    run = OmegaConf.to_container(cfg, resolve=True)
+    run = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
     rl = dict(run["rl"])
     target = rl.pop("_target_")
     steps = rl["updates_per_round"]
@@ -64,7 +64,6 @@ def training_config(cfg: DictConfig, source: Path, start: str | None) -> DictCon
     checkpoint = (run["callbacks"].get("instances") or {}).get("checkpoint")
     if checkpoint:
         checkpoint["every_n_train_steps"] = rl["checkpoint_every"] * steps
-    run.pop("hydra", None)
     return OmegaConf.create(run)
 
 

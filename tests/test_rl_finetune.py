@@ -1,0 +1,99 @@
+"""rl_finetune.py end to end on a tiny checkpoint: a run killed mid-way resumes to the same weights and held-out
+history as an uninterrupted one; offline GAPO from a pairs file writes a checkpoint that infer.py and evaluate.py
+read; bad input stops in one line before any rollout."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT, TINY, assert_same_last_checkpoints, compose, kill_when, run_entry
+from omegaconf import OmegaConf
+
+ROUNDS = 6
+RL = ["accelerator=cpu", "callbacks.progress_bar=none", f"rl.rounds={ROUNDS}", "rl.checkpoint_every=1",
+      "rl.eval_every=3", "rl.eval_prompts=2", "rl.rollout_steps=2", "rl.prompts_per_round=2",
+      "rl.rollouts_per_prompt=2", "rl.updates_per_round=2", "lora_rank=4", "lora_alpha=8"]
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory):
+    """A tiny SFT checkpoint as train.py writes it."""
+    log_dir = tmp_path_factory.mktemp("sft")
+    out = run_entry("train.py", *TINY, "trainer.max_steps=8", "logger=none", "callbacks.sample_videos=false",
+                    log_dir=log_dir, run_dir=log_dir / "train" / "run")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return log_dir / "train" / "run" / "checkpoints" / "last.ckpt"
+
+
+def test_a_killed_run_resumes_exactly(tmp_path, start):
+    args = [*RL, f"ckpt={start}"]
+    full = run_entry("rl_finetune.py", *args, log_dir=tmp_path / "full", run_dir=tmp_path / "full" / "run")
+    assert full.returncode == 0, full.stderr[-3000:]
+    log_dir = tmp_path / "killed"
+    first = log_dir / "rl_finetune" / "first"
+    cmd = [sys.executable, str(ROOT / "rl_finetune.py"), f"paths.log_dir={log_dir}", f"hydra.run.dir={first}", *args]
+    kill_when(cmd, lambda: (first / "checkpoints" / "step000006.ckpt").exists())  # after round 3 of 6
+    done = sorted(p.name for p in (first / "checkpoints").glob("step*.ckpt"))
+    assert done and done[-1] < f"step{2 * ROUNDS:06d}.ckpt", "the run was not interrupted"
+    resumed = run_entry("rl_finetune.py", *args, "ckpt_path=last", log_dir=log_dir,
+                        run_dir=log_dir / "rl_finetune" / "second")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    weights = assert_same_last_checkpoints(tmp_path / "full" / "run", log_dir / "rl_finetune" / "second",
+                                           2 * ROUNDS)
+    assert any("lora_B" in k and weights[k].abs().sum() > 0 for k in weights)  # the policy adapter trained
+    history = json.loads((tmp_path / "full" / "run" / "heldout.json").read_text())
+    assert [h["round"] for h in history] == [0, 3, 6]
+    assert history == json.loads((log_dir / "rl_finetune" / "second" / "heldout.json").read_text())
+    assert {"reward", "direction_correct", "speed_score", "guide_psnr", "temporal_flickering"} <= set(history[0])
+
+
+def test_offline_gapo_from_a_pairs_file_then_infer_and_evaluate_read_it(tmp_path, start):
+    from anisora.data.synthetic import WorldConfig, make_clip
+
+    world = WorldConfig(num_frames=5, height=16, width=16, sprite_size=6)
+    rows = []
+    for i in range(2):
+        clip = make_clip(world, 0, "train", i)
+        np.save(tmp_path / f"w{i}.npy", clip.video)
+        np.save(tmp_path / f"l{i}.npy", clip.video[::-1].copy())  # the sprite moves backwards
+        rows.append({"video_path": f"w{i}.npy,l{i}.npy", "caption": clip.caption, "w_score": 90, "l_score": 20})
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "rl" / "run"
+    out = run_entry("rl_finetune.py", *RL, f"ckpt={start}", f"pairs={tmp_path / 'pairs.jsonl'}", "rl.rounds=2",
+                    "rl.score_range=100", log_dir=tmp_path / "rl", run_dir=run)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ckpt = run / "checkpoints" / "last.ckpt"
+    infer = run_entry("infer.py", "accelerator=cpu", "num_clips=1", "sampler.num_steps=2", f"ckpt={ckpt}",
+                      log_dir=tmp_path / "infer")
+    assert infer.returncode == 0, infer.stderr[-3000:]
+    assert len(list((tmp_path / "infer").rglob("*.mp4"))) == 1
+    evaluate = run_entry("evaluate.py", "accelerator=cpu", "num_clips=2", "sampler.num_steps=2", "logger=none",
+                         f"ckpt={ckpt}", log_dir=tmp_path / "evaluate", run_dir=tmp_path / "evaluate" / "run")
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    assert json.loads((tmp_path / "evaluate" / "run" / "metrics.json").read_text())["num_clips"] == 2
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["~reward"], "error: reward: rl_finetune optimises a reward: choose one, e.g. reward=weighted"),
+    (["rl=grpo", "rl.rollouts_per_prompt=1"], "error: rl.rollouts_per_prompt: must be >= 2; got 1"),
+    (["pairs=/no/such/pairs.jsonl"], "error: pairs: pairs file /no/such/pairs.jsonl does not exist"),
+    (["rl=grpo", "pairs=PAIRS"], "error: pairs: GRPOMethod learns from its own rollouts; a pairs file trains"),
+    (["rl.optimise=speed_error"], "error: rl.optimise: lower is better for 'speed_error'"),
+])
+def test_bad_input_stops_in_one_line_before_rollouts(tmp_path, start, capsys, overrides, expected):
+    from anisora.tasks.rl_finetune import run
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("")
+    overrides = [o.replace("PAIRS", str(pairs)) for o in overrides]
+    cfg = compose("rl_finetune", [f"ckpt={start}", f"paths.log_dir={tmp_path}", f"paths.output_dir={tmp_path / 'run'}",
+                                  "accelerator=cpu", *overrides])
+    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])  # as @hydra.main hands it over
+    with pytest.raises(SystemExit) as stop:
+        run(cfg)
+    assert stop.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
