@@ -25,6 +25,7 @@ def register_configs() -> None:
     cs.store(group="model", name="wan_schema", node=schema.WanModelConfig)
     cs.store(group="model", name="cogvideox5b_schema", node=schema.CogVideoXModelConfig)
     cs.store(group="reward", name="reward_schema", node=schema.RewardConfig)
+    cs.store(group="method", name="reward_model_schema", node=schema.RewardModelConfig)
     cs.store(name="rl_finetune_schema", node=schema.RLFinetuneTaskConfig)
     cs.store(group="rl", name="pairwise_schema", node=schema.PairwiseRLConfig)
     cs.store(group="rl", name="rwr_schema", node=schema.RWRConfig)

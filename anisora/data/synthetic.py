@@ -194,18 +194,20 @@ def _paste(frame: np.ndarray, layers: tuple[np.ndarray, np.ndarray, np.ndarray],
 
 
 def make_clip(cfg: WorldConfig, seed: int, split: str = "train", index: int = 0,
-              motion_score: float | None = None, direction: str | None = None) -> SyntheticClip:
-    """Render clip `index` of `split`; `motion_score`/`direction` pin those draws (for benchmarks)."""
+              motion_score: float | None = None, direction: str | None = None,
+              colour: str | None = None) -> SyntheticClip:
+    """Render clip `index` of `split`; `motion_score`/`direction`/`colour` pin those draws (for benchmarks)."""
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {sorted(SPLITS)}, got {split!r}")
     rng = np.random.default_rng([seed, SPLITS[split], index])
     subject = str(rng.choice(list(SUBJECTS)))
-    colour = str(rng.choice(list(SPRITE_COLOURS)))
+    colour_drawn = str(rng.choice(list(SPRITE_COLOURS)))
     scene = str(rng.choice(list(SCENES)))
     drawn_direction = str(rng.choice(DIRECTIONS))
     drawn_motion = float(rng.choice(MOTION_SCORE_LEVELS))
     aesthetic = float(rng.choice(AESTHETIC_LEVELS))
     direction = direction or drawn_direction
+    colour = colour or colour_drawn
     motion = drawn_motion if motion_score is None else float(motion_score)
     speed = speed_for_motion_score(cfg, motion)
 

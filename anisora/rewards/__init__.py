@@ -44,12 +44,20 @@ def _vbench(cfg: dict[str, Any]) -> Scorer:
                         resolve_device(cfg["accelerator"]), cfg["batch_frames"])
 
 
+def _learned(cfg: dict[str, Any]) -> Scorer:
+    from anisora.accelerators.devices import resolve_device
+    from anisora.rewards.learned import LearnedScorer
+
+    return LearnedScorer(cfg["ckpt"], resolve_device(cfg["accelerator"]))
+
+
 #: name -> builder from the reward config; each builder imports its own (possibly heavy) modules
 BUILDERS: dict[str, Callable[[dict[str, Any]], Scorer]] = {
     "ground_truth": _ground_truth,
     "weighted": _weighted,
     "weight_free": _weight_free,
     "vbench": _vbench,
+    "learned": _learned,
 }
 
 

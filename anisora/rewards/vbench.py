@@ -17,7 +17,6 @@ another model fails in one line when the scorer is built, before any video is re
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -90,13 +89,9 @@ def _features(output: object) -> torch.Tensor:
 
 def check_folder(key: str, path: str) -> None:
     """A transformers folder of an accepted model type, or a one-line ConfigError naming `reward.<key>`."""
-    config = Path(path).expanduser() / "config.json"
-    if not config.is_file():
-        raise ConfigError(f"reward.{key}", f"expected a local transformers folder with config.json; got {path}")
-    model_type = json.loads(config.read_text()).get("model_type")
-    if model_type not in MODEL_TYPES[key]:
-        raise ConfigError(f"reward.{key}", f"expected a {' or '.join(MODEL_TYPES[key])} model; {path} holds "
-                                           f"{model_type!r}")
+    from anisora.rewards.towers import check_model_folder
+
+    check_model_folder(f"reward.{key}", path, MODEL_TYPES[key])
 
 
 def load_aesthetic_head(path: str, width: int) -> torch.nn.Linear:

@@ -239,6 +239,10 @@ def prepare_training(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Ca
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    from anisora.tasks.train_reward import is_reward_model, train_reward_model
+
+    if is_reward_model(cfg.method):  # a reward model trains on scored clips, not a diffusion backbone
+        return train_reward_model(cfg, run_dir)
     run = prepare_training(cfg, run_dir)
     trainer, resume = run.trainer, run.resume
     trainer.fit(run.method, datamodule=run.datamodule, ckpt_path=str(resume) if resume else None)
