@@ -187,7 +187,20 @@ def log_to_wandb(cfg: DictConfig, run_dir: Path, metrics: dict[str, float], char
     run.finish()
 
 
+def compare(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    """Earlier evaluations side by side (compare.md, compare.json, compare.png); nothing is scored."""
+    from anisora.evaluation.compare import write_comparison
+
+    sources = [str(s) for s in cfg.compare]
+    paths = write_comparison(run_dir, sources)  # every run is read (and checked) before anything is written
+    write_run_record(cfg, run_dir)
+    log.info("comparison of %d evaluations: %s", len(sources), paths["compare_md"])
+    return {"num_runs": float(len(sources))}
+
+
 def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    if cfg.compare:
+        return compare(cfg, run_dir)
     if cfg.videos is not None:
         folder = Path(cfg.videos).expanduser()
         if not folder.is_dir():
