@@ -1,7 +1,8 @@
 """A reward dataset from the tiny world, a reward model trained on it, and its held-out Spearman and pair accuracy.
 
-    python benchmarks/reward_data.py                                  # CPU, ~3 minutes
-    python benchmarks/reward_data.py --groups 512 --steps 3000 --accelerator gpu   # the full run
+    python -m benchmarks.reward_data                                  # CPU smoke
+    python -m benchmarks.reward_data --groups 512 --val-groups 64 --steps 3000 --batch-groups 8 --hidden 128 \
+        --width 64 --accelerator gpu                                  # the full run
 
 Each group is one world clip's prompt and first frame with six videos: the truth and five corruptions (wrong
 direction, wrong speed, static, flicker, wrong colour), scored by the ground-truth scorer
