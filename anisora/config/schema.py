@@ -524,6 +524,7 @@ class EvaluateTaskConfig:
     ckpt: str = "latest"
     videos: Optional[str] = None  # score a folder of mp4 files instead of generating
     compare: Optional[list[str]] = None  # evaluation folders (or metrics.json files) to set side by side
+    benchmark: Optional[str] = None  # a benchmark jsonl (video, prompt, label, guide frames, mask) to score
     metrics: list[str] = field(default_factory=lambda: ["ground_truth", "weight_free"])  # scorers of the reward group
     reward: Optional[Any] = None  # reward=NAME: one more scorer, with its settings (also read by `metrics`)
     num_clips: int = bounded(32, 1)

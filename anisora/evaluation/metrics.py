@@ -59,6 +59,7 @@ class ClipScore:
     temporal_flickering: float
     guide_psnr: dict[str, float] = field(default_factory=dict)  # guided frame -> PSNR inside its kept region
     dimensions: dict[str, float] = field(default_factory=dict)  # scorer dimension -> value (anisora.rewards)
+    label: str | None = None  # the benchmark's action label (per-label breakdown)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,6 +153,16 @@ def dimension_means(scores: list[ClipScore]) -> dict[str, float]:
     """The mean of every scorer dimension over the clips it applies to (NaN where it applies to none)."""
     names = list(dict.fromkeys(k for s in scores for k in s.dimensions))
     return {k: _mean([s.dimensions.get(k, math.nan) for s in scores]) for k in names}
+
+
+def label_means(scores: list[ClipScore]) -> dict[str, dict[str, float]]:
+    """Per action label (clips without one are left out): its clip count and every dimension's mean."""
+    labels = list(dict.fromkeys(s.label for s in scores if s.label is not None))
+    out = {}
+    for label in labels:
+        subset = [s for s in scores if s.label == label]
+        out[label] = {"num_clips": float(len(subset)), **dimension_means(subset)}
+    return out
 
 
 def guide_metrics(scores: list[ClipScore]) -> dict[str, float]:

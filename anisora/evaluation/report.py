@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from anisora.evaluation.metrics import PSNR_CAP, ClipFailure, ClipScore, dimension_means
+from anisora.evaluation.metrics import PSNR_CAP, ClipFailure, ClipScore, dimension_means, label_means
 from anisora.io import atomic_write_bytes
 
 DIRECTIONS = ("left", "right", "up", "down")
@@ -115,6 +115,17 @@ def dimension_lines(scores: list[ClipScore]) -> list[str]:
                     for s in scores]
 
 
+def label_lines(scores: list[ClipScore]) -> list[str]:
+    """The report's per-label table: clips and the mean of every dimension per action label (nothing unlabelled)."""
+    by_label = label_means(scores)
+    if not by_label:
+        return []
+    names = list(dict.fromkeys(k for means in by_label.values() for k in means if k != "num_clips"))
+    lines = ["", "## Per label", "", "| label | clips | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    return lines + [f"| {_cell(label)} | {int(means['num_clips'])} | " + " | ".join(_fmt(means.get(k)) for k in names)
+                    + " |" for label, means in by_label.items()]
+
+
 def failure_lines(scored: int, failures: Sequence[ClipFailure]) -> list[str]:
     """The report's note of files that could not be scored, one row each (nothing when all were)."""
     if not failures:
@@ -136,13 +147,13 @@ def markdown(title: str, metrics: dict[str, float], scores: list[ClipScore],
     lines += [f"| {_cell(s.name)} | {_fmt(s.direction_true)} / {_fmt(s.direction_pred)} "
               f"| {_fmt(s.speed_true)} / {_fmt(s.speed_pred)} | {_fmt(s.first_frame_psnr)} "
               f"| {_fmt(s.temporal_flickering)} |" for s in scores]
-    return "\n".join(lines + dimension_lines(scores)) + "\n"
+    return "\n".join(lines + label_lines(scores) + dimension_lines(scores)) + "\n"
 
 
 def write_report(folder: str | Path, metrics: dict[str, float], scores: list[ClipScore],
                  title: str = "Evaluation", failures: Sequence[ClipFailure] = ()) -> dict[str, Path]:
-    """Write metrics.json, per_clip.jsonl, metrics.png, dimensions.png (when clips carry scorer dimensions) and
-    report.md (each atomically) into `folder`."""
+    """Write metrics.json, per_clip.jsonl, metrics.png, dimensions.png (when clips carry scorer dimensions),
+    per_label.json (when clips carry action labels) and report.md (each atomically) into `folder`."""
     folder = Path(folder)
     metrics_json = json.dumps({k: _json_safe(v) for k, v in metrics.items()}, indent=2, sort_keys=True,
                               allow_nan=False)
@@ -150,6 +161,11 @@ def write_report(folder: str | Path, metrics: dict[str, float], scores: list[Cli
                        for s in [*scores, *failures])
     charts = {"dimensions_png": atomic_write_bytes(folder / "dimensions.png", dimensions_png(scores))} \
         if any(s.dimensions for s in scores) else {}
+    by_label = label_means(scores)
+    if by_label:
+        text = json.dumps({k: {d: _json_safe(v) for d, v in m.items()} for k, m in by_label.items()}, indent=2,
+                          allow_nan=False)
+        charts["per_label_json"] = atomic_write_bytes(folder / "per_label.json", (text + "\n").encode())
     return charts | {
         "metrics_json": atomic_write_bytes(folder / "metrics.json", (metrics_json + "\n").encode()),
         "per_clip_jsonl": atomic_write_bytes(folder / "per_clip.jsonl", per_clip.encode()),

@@ -91,7 +91,36 @@ def score_file(path: Path, scorers: list[Scorer] = ()) -> ClipScore:
             guides = guide_fidelity(video, clip.guide_frames, clip.guide_keep, clip.guide_indices)
     score = score_clip(path.stem, video, guide, meta.get("truth"), guides)
     score.dimensions = dimensions(list(scorers), clip)
+    score.label = meta.get("label")
     return score
+
+
+def score_benchmark_file(path: str, scorers: list[Scorer] = ()) -> tuple[list[ClipScore], list[ClipFailure]]:
+    """Score every row's video of a benchmark file (anisora.evaluation.benchmark_file) with its guides and label;
+    an unreadable video is recorded and the rest are scored."""
+    from anisora.evaluation.benchmark_file import clip_of_row, read_benchmark
+
+    rows = read_benchmark(path)
+    scores, failures = [], []
+    for row in rows:
+        try:
+            clip = clip_of_row(row)
+        except UNREADABLE as ex:
+            failures.append(ClipFailure.of(row.video, ex))
+            log.warning("%s not scored: %s", row.video.name, failures[-1].error)
+            continue
+        given = guide_fidelity(clip.frames, clip.guide_frames, clip.guide_keep, clip.guide_indices) \
+            if clip.guide_indices else None
+        first = clip.guide_frames[0] if clip.guide_indices[:1] == [0] and clip.guide_keep[0].all() else None
+        score = score_clip(row.name, clip.frames, first, None, given)
+        score.dimensions = dimensions(list(scorers), clip)
+        score.label = row.label
+        scores.append(score)
+    if not scores:
+        raise ConfigError("benchmark", f"none of the {len(rows)} videos of {path} could be read "
+                                       f"(first: {failures[0].file}: {failures[0].error})")
+    log.info("scored %d of %d benchmark videos (%d unreadable)", len(scores), len(rows), len(failures))
+    return scores, failures
 
 
 def score_folder(folder: Path, scorers: list[Scorer] = ()) -> tuple[list[ClipScore], list[ClipFailure]]:
@@ -167,6 +196,7 @@ def generate_benchmark(cfg: DictConfig, ckpt: Path, run_dir: Path, scorers: list
             meta = {"caption": captions[i], "truth": clip.truth.to_json(), "scale": scale}
             atomic_write_bytes(folder / f"{name}.json", (json.dumps(meta) + "\n").encode())
             score = score_clip(name, video, first, meta["truth"], guide_fidelity(video, given, keep, indices))
+            score.label = f"moves {clip.truth.direction}"  # the synthetic world's action label
             score.dimensions = dimensions(list(scorers), Clip(name=name, frames=video, prompt=captions[i],
                                                               guide_indices=indices, guide_frames=given,
                                                               guide_keep=keep, truth=meta["truth"]))
@@ -201,7 +231,12 @@ def compare(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if cfg.compare:
         return compare(cfg, run_dir)
-    if cfg.videos is not None:
+    if cfg.benchmark is not None:
+        from anisora.evaluation.benchmark_file import read_benchmark
+
+        read_benchmark(cfg.benchmark)  # every row checked before anything is written
+        ckpt = None
+    elif cfg.videos is not None:
         folder = Path(cfg.videos).expanduser()
         if not folder.is_dir():
             raise ConfigError("videos", f"folder {folder} does not exist")
@@ -215,11 +250,16 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     environment_defaults()
     write_run_record(cfg, run_dir)
     set_num_threads(cfg.accelerator.num_threads)
-    scores, failures = (score_folder(folder, scorers) if ckpt is None
-                        else (generate_benchmark(cfg, ckpt, run_dir, scorers), []))
+    if cfg.benchmark is not None:
+        scores, failures = score_benchmark_file(cfg.benchmark, scorers)
+    elif ckpt is None:
+        scores, failures = score_folder(folder, scorers)
+    else:
+        scores, failures = generate_benchmark(cfg, ckpt, run_dir, scorers), []
     metrics = aggregate(scores) | {"num_failed": float(len(failures))}
     metrics |= vbench_quality(metrics)  # over the VBench quality dimensions the scorers gave
-    paths = write_report(run_dir, metrics, scores, title=f"Evaluation of {ckpt or cfg.videos}", failures=failures)
+    paths = write_report(run_dir, metrics, scores, title=f"Evaluation of {ckpt or cfg.benchmark or cfg.videos}",
+                         failures=failures)
     log_to_wandb(cfg, run_dir, metrics, paths["chart_png"])
     width = max(len(k) for k in metrics)
     print("\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}"
