@@ -558,7 +558,7 @@ class RLConfig:
     optimise: str = "reward"  # the scorer dimension maximised (reward=weighted names it `reward`)
     eval_every: int = bounded(10, 1)  # rounds between held-out evaluations (also before the first and at the end)
     eval_prompts: int = bounded(16, 1)  # held-out benchmark prompts, one sample each, the model alone (no replacement)
-    guard: dict[str, float] = field(default_factory=lambda: {"guide_psnr": 5.0, "temporal_flickering": 0.02})
+    guard: dict[str, float] = field(default_factory=lambda: {"guide_psnr": 5.0, "temporal_flickering": 0.01})
     checkpoint_every: int = bounded(5, 1)  # rounds between checkpoints (kill and resume continue from the last)
 
 

@@ -38,9 +38,7 @@ class GRPOMethod(PreferenceMethod):
                                     "has not: use rl=gapo, rl=dpo or rl=rwr")
 
     def rollout_spec(self) -> SamplerSpec:
-        spec = super().rollout_spec()
-        return SamplerSpec(**{**spec.__dict__, "name": SDE_SAMPLER, "noise_level": self.settings.noise_level,
-                              "replace_known": False})
+        return self.checkpoint_sampler(name=SDE_SAMPLER, noise_level=self.settings.noise_level, replace_known=False)
 
     def trained_steps(self, stochastic: list[int]) -> list[int]:
         """The SDE steps this round trains: all, or a seeded draw of `train_steps` of them (DanceGRPO)."""

@@ -129,16 +129,22 @@ class PreferenceMethod(DiffusionMethod):
         return values.nan_to_num(float(finite.min()) if len(finite) else 0.0)
 
     # ----------------------------------------------------------------- sampling
-    def rollout_spec(self) -> SamplerSpec:
-        """The checkpoint's sampler at the rollout step count (and guidance, when set)."""
+    def checkpoint_sampler(self, **changes: Any) -> SamplerSpec:
+        """The checkpoint's sampler at the rollout step count (and guidance, when set), with `changes`."""
         fields = {**self.hparams.sampler, "num_steps": self.settings.rollout_steps}
         if self.settings.guidance_scale is not None:
             fields["guidance_scale"] = self.settings.guidance_scale
-        return SamplerSpec(**fields)
+        return SamplerSpec(**{**fields, **changes})
+
+    def rollout_spec(self) -> SamplerSpec:
+        """What rollouts sample with: the checkpoint's sampler as infer.py uses it (guided latents re-imposed where
+        the codec allows), so the samples a method learns from keep their guides exactly."""
+        return self.checkpoint_sampler()
 
     def held_out_spec(self) -> SamplerSpec:
-        """Rollout settings without re-imposing guided latents: guided-frame fidelity is the model's own."""
-        return SamplerSpec(**{**self.rollout_spec().__dict__, "replace_known": False})
+        """What the held-out evaluation samples with, for every method alike: the checkpoint's sampler without
+        re-imposing guided latents, so guided-frame fidelity is the model's own."""
+        return self.checkpoint_sampler(replace_known=False)
 
     def conditioning(self, captions: list[str], guide: torch.Tensor, mask: torch.Tensor, spec: SamplerSpec
                      ) -> tuple[Conditioning, Conditioning | None]:
