@@ -550,7 +550,7 @@ class RLConfig:
 
     _target_: str = "anisora.methods.preference.pairwise.PairwiseMethod"
     rounds: int = bounded(40, 1)
-    prompts_per_round: int = bounded(4, 1)  # training-world prompts with their first frame as the guide
+    prompts_per_round: int = bounded(16, 1)  # training-world prompts with their first frame as the guide
     rollouts_per_prompt: int = bounded(4, 2)  # K: a group (GRPO) or the candidates of one pair (DPO, GAPO)
     updates_per_round: int = bounded(4, 1)  # optimizer steps on one round's samples
     rollout_steps: int = bounded(10, 1)  # sampling steps of rollouts and held-out samples
