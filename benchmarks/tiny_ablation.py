@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,12 +73,15 @@ def border_mask(path: Path, height: int = 16, width: int = 16, border: int = 3) 
     Image.fromarray(keep).save(path)
 
 
-def run(script: str, args: list[str], log: Path, threads: int) -> float:
+def run(script: str, args: list[str], log: Path, threads: int, cpus: str | None = None) -> float:
+    """`python script args` with `threads` CPU threads (pinned to the cores `cpus`, e.g. "2,3", where taskset
+    exists, so runs side by side do not share cores); its wall time."""
     env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    pin = ["taskset", "-c", cpus] if cpus and shutil.which("taskset") else []
+    command = [sys.executable, str(ROOT / script), *args] if script.endswith(".py") else [script, *args]
     start = time.perf_counter()
     with log.open("a") as fh:
-        subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, check=True, env=env,
-                       stdout=fh, stderr=subprocess.STDOUT)
+        subprocess.run([*pin, *command], cwd=ROOT, check=True, env=env, stdout=fh, stderr=subprocess.STDOUT)
     return time.perf_counter() - start
 
 

@@ -53,6 +53,8 @@ CLIP = ["data.num_frames=81", "data.height=480", "data.width=832", "accelerator=
 COMMON = ["model.init=random", "logger=none", "callbacks.progress_bar=none", "callbacks.sample_videos=false",
           "callbacks.lr_monitor=false", "callbacks.checkpoint_every_n_steps=100000", "data=shards", "data.batch_size=1",
           "optimizer.ema_decay=0", "optimizer.warmup_steps=0", "trainer.log_every_n_steps=1000"]
+DMD = ["method=distill_dmd", "sampler=few_step_4", "sampler.num_steps=4", "method.student_every=1",
+       "trainer.activation_checkpointing=full"]
 RUNS: dict[str, list[str]] = {  # name -> train.py overrides (on top of COMMON and CLIP)
     "wan1.3b_ops": ["model=wan1.3b", "trainer.activation_checkpointing=ops"],
     "wan1.3b_none": ["model=wan1.3b", "trainer.activation_checkpointing=none"],
@@ -69,6 +71,10 @@ RUNS: dict[str, list[str]] = {  # name -> train.py overrides (on top of COMMON a
     "wan14b_sp2_lora": ["model=wan14b", "model.lora.rank=32", "model.lora.alpha=32",
                         "trainer.activation_checkpointing=full", "strategy=ddp", "accelerator.devices=2",
                         "trainer.sequence_parallel=2"],
+    # DMD distillation (student + critic + teacher), one student and one critic update per batch
+    "wan1.3b_dmd_full": ["model=wan1.3b", *DMD, "method.roles_mode=full"],
+    "wan1.3b_dmd_lora": ["model=wan1.3b", *DMD, "method.roles_mode=lora_shared_base"],
+    "wan14b_dmd_lora": ["model=wan14b", *DMD, "method.roles_mode=lora_shared_base", "method.role_lora.rank=64"],
 }
 STOCK = {"stock_wan1.3b_gc": "wan1.3b"}
 ONE_GPU = ["wan1.3b_ops", "wan1.3b_none", "wan1.3b_full", "wan1.3b_ops_sdpa", "stock_wan1.3b_gc", "wan14b_lora"]
@@ -276,7 +282,8 @@ def run_ours(name: str, overrides: list[str], steps: int, warmup: int, cap_gib: 
     sequence_parallel = int(cfg.trainer.sequence_parallel)
     samples = cfg.data.batch_size * int(cfg.accelerator.devices) // sequence_parallel
     row = summary(name, timer, build_s, samples)
-    row.update(model_numbers(forward_flops(model, shapes), executed_flops(model, shapes), shapes["latent"], row))
+    if "method=distill_dmd" not in overrides:  # the FLOP model counts one SFT step
+        row.update(model_numbers(forward_flops(model, shapes), executed_flops(model, shapes), shapes["latent"], row))
     row["overrides"] = overrides
     row["trainable_params_b"] = sum(p.numel() for p in run.method.parameters() if p.requires_grad) / 1e9
     del run
@@ -450,6 +457,10 @@ def main() -> None:
     for row in rows:
         if "error" in row:
             print(f"| {row['run']} | failed: {row['error']} |")
+            continue
+        if "model_tflops" not in row:  # distillation rows: time and memory only
+            print(f"| {row['run']} | {row['step_s']:.2f} | - | - | - | - | - | "
+                  f"{row['peak_gib']:.1f} |")
             continue
         print(f"| {row['run']} | {row['step_s']:.2f} | {row['tokens_per_s']:.0f} | {row['model_tflops']:.0f} | "
               f"{row.get('mfu', math.nan):.1%} | {row['executed_tflops']:.0f} | "

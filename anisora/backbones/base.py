@@ -113,14 +113,15 @@ class BackboneAdapter(nn.Module, ABC):
         """Modules whose parameters the method optimises."""
         return [self.denoiser]
 
-    def denoiser_blocks(self) -> nn.ModuleList:
-        """The denoiser's repeated transformer blocks (diffusers names them `blocks` or `transformer_blocks`): the
-        unit of FSDP wrapping and of activation checkpointing."""
+    def denoiser_blocks(self, denoiser: nn.Module | None = None) -> nn.ModuleList:
+        """The repeated transformer blocks of the denoiser (or of a role's copy of it; diffusers names them
+        `blocks` or `transformer_blocks`): the unit of FSDP wrapping and of activation checkpointing."""
+        denoiser = self.denoiser if denoiser is None else denoiser
         for name in BLOCK_LISTS:
-            blocks = getattr(self.denoiser, name, None)
+            blocks = getattr(denoiser, name, None)
             if isinstance(blocks, nn.ModuleList) and len(blocks):
                 return blocks
-        raise ConfigError("model", f"{type(self.denoiser).__name__} has no block list ({' or '.join(BLOCK_LISTS)})")
+        raise ConfigError("model", f"{type(denoiser).__name__} has no block list ({' or '.join(BLOCK_LISTS)})")
 
     def encoding_modules(self) -> list[nn.Module]:
         """Everything encode_video / encode_prompt / condition / encode_image use, i.e. all but the denoiser:

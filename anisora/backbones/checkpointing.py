@@ -65,22 +65,24 @@ class BlockCheckpointing:
         return checkpoint(block.__call__, *args, use_reentrant=False)
 
 
-def apply_activation_checkpointing(backbone: BackboneAdapter, mode: str, fraction: float = 0.5) -> list[int]:
-    """Flag blocks for recomputation; returns their indices ([] for none)."""
+def apply_activation_checkpointing(backbone: BackboneAdapter, mode: str, fraction: float = 0.5,
+                                   denoiser: torch.nn.Module | None = None) -> list[int]:
+    """Flag blocks of the denoiser (or of a role's copy, `denoiser`) for recomputation; returns their indices."""
     if mode not in MODES:
         raise ConfigError("trainer.activation_checkpointing", f"expected one of {', '.join(MODES)}; got {mode!r}")
     if mode == "none":
         return []
-    blocks = backbone.denoiser_blocks()
+    denoiser = backbone.denoiser if denoiser is None else denoiser
+    blocks = backbone.denoiser_blocks(denoiser)
     picked = list(range(len(blocks))) if mode in ("full", "ops") else evenly_spaced(len(blocks), fraction)
     if not picked:
         return []
-    if not hasattr(backbone.denoiser, "enable_gradient_checkpointing"):
-        raise ConfigError("trainer.activation_checkpointing", f"{type(backbone.denoiser).__name__} is not a "
+    if not hasattr(denoiser, "enable_gradient_checkpointing"):
+        raise ConfigError("trainer.activation_checkpointing", f"{type(denoiser).__name__} is not a "
                           "diffusers model with gradient checkpointing")
     for index, block in enumerate(blocks):
         setattr(block, FLAG, index in picked)
-    backbone.denoiser.enable_gradient_checkpointing(BlockCheckpointing(ops_only=mode == "ops"))
+    denoiser.enable_gradient_checkpointing(BlockCheckpointing(ops_only=mode == "ops"))
     return picked
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from anisora.backbones.base import BackboneAdapter
 from anisora.config.errors import ConfigError
-from anisora.diffusion.sampling import SamplerSpec, build_scheduler
+from anisora.diffusion.sampling import SamplerSpec, stock_scheduler
 from anisora.io import atomic_write_folder
 
 
@@ -28,7 +28,7 @@ def stock_pipeline(backbone: BackboneAdapter, sampler: SamplerSpec | None = None
         sampler = sampler or SamplerSpec(name="unipc", num_steps=40, shift=3.0)
         parts = {"tokenizer": backbone.prompt_encoder.tokenizer, "text_encoder": backbone.prompt_encoder.encoder,
                  "transformer": backbone.active_denoiser, "vae": backbone.codec.vae,
-                 "scheduler": build_scheduler(sampler)}
+                 "scheduler": stock_scheduler(sampler)}
         if isinstance(backbone, WanI2VBackbone):
             image = backbone.image_encoder
             return WanImageToVideoPipeline(image_encoder=image.encoder if image else None,
@@ -64,12 +64,18 @@ def lora_state_dict(backbone: BackboneAdapter, adapter_name: str = "default") ->
 
 
 def export_lora(backbone: BackboneAdapter, dst: Path | str, adapter_name: str = "default",
-                overwrite: bool = False) -> Path:
-    """LoRA safetensors that the stock pipeline's `load_lora_weights(dst)` loads unchanged."""
+                overwrite: bool = False, sampler: SamplerSpec | None = None) -> Path:
+    """LoRA safetensors that the stock pipeline's `load_lora_weights(dst)` loads unchanged; with `sampler`, also
+    the scheduler that reproduces it (`dst/scheduler`, for `pipe.scheduler = X.from_pretrained(dst, "scheduler")`)."""
     pipe_cls, dst = type(stock_pipeline(backbone)), Path(dst)
     layers = lora_state_dict(backbone, adapter_name)
     metadata = backbone.denoiser.peft_config[adapter_name].to_dict()
     check_empty(dst, overwrite)
-    atomic_write_folder(dst, lambda tmp: pipe_cls.save_lora_weights(
-        tmp, transformer_lora_layers=layers, transformer_lora_adapter_metadata=metadata), overwrite, key="out")
+
+    def write(tmp: Path) -> None:
+        pipe_cls.save_lora_weights(tmp, transformer_lora_layers=layers, transformer_lora_adapter_metadata=metadata)
+        if sampler is not None:
+            stock_scheduler(sampler).save_pretrained(tmp / "scheduler")
+
+    atomic_write_folder(dst, write, overwrite, key="out")
     return dst

@@ -39,17 +39,26 @@ def quiet() -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
-def built_parameter_count(model_cfg: Mapping[str, Any]) -> int:
-    """Parameters of the config's architecture with random init (every part: DiT, VAE, encoders), counted
-    on the meta device: the family's own builder runs, nothing is allocated."""
+def meta_backbone(model_cfg: Mapping[str, Any]):
+    """The config's architecture with random init on the meta device: the family's own builder runs, nothing
+    is allocated."""
     from hydra.utils import instantiate
 
     from anisora.backbones import backbone_kwargs
 
     values = {k: v for k, v in backbone_kwargs(dict(model_cfg)).items() if k not in ("ckpt", "transformer")}
     with quiet(), torch.device("meta"):
-        backbone = instantiate(values, _convert_="all")
-    return sum(p.numel() for p in backbone.parameters())
+        return instantiate(values, _convert_="all")
+
+
+def built_parameter_count(model_cfg: Mapping[str, Any]) -> int:
+    """Parameters of the config's architecture (every part: DiT, VAE, encoders), counted on the meta device."""
+    return sum(p.numel() for p in meta_backbone(model_cfg).parameters())
+
+
+def denoiser_parameter_count(model_cfg: Mapping[str, Any]) -> int:
+    """Parameters of the denoiser alone (what a role copy duplicates), counted on the meta device."""
+    return sum(p.numel() for p in meta_backbone(model_cfg).denoiser.parameters())
 
 
 def safetensors_parameter_count(path: Path) -> int:
@@ -115,3 +124,22 @@ def check_model_config(model_cfg: Mapping[str, Any], accelerator_name: str, prec
     """Both checks, before any model is built: weights are given (or random init is asked for) and fit."""
     check_weights_given(model_cfg, prefix)
     check_fits(model_cfg, devices.resolve_device(accelerator_name), precision, prefix)
+
+
+def check_roles_fit(model_cfg: Mapping[str, Any], accelerator_name: str, precision: str, trainable_copies: int,
+                    frozen_copies: int, shards: int = 1, key: str = "method.roles_mode") -> None:
+    """Refuse in one line full role copies (`roles_mode=full`) whose model state cannot fit: 16 bytes per
+    trainable parameter (fp32 weight, gradient and two Adam moments) and the weight dtype per frozen one,
+    divided over `shards` devices."""
+    device = devices.resolve_device(accelerator_name)
+    have = devices.device_memory_bytes(device)
+    if have is None or device.type == "cpu":
+        return
+    count = denoiser_parameter_count(model_cfg)
+    need = count * (16 * trainable_copies + weight_dtype(device, precision).itemsize * frozen_copies) / max(1, shards)
+    if need <= have:
+        return
+    raise ConfigError(key, f"full keeps {trainable_copies} trainable and {frozen_copies} frozen copies of a "
+                           f"{count / 1e9:.2f}B denoiser: about {need / 2**30:.0f} GiB of model state per device, this "
+                           f"{device.type} has {have / 2**30:.0f} GiB; use roles_mode=lora_shared_base or shard over "
+                           "more devices")

@@ -155,6 +155,10 @@ class Roles(nn.Module):
     def __contains__(self, role: str) -> bool:
         return role in self.specs
 
+    def denoisers(self) -> list[nn.Module]:
+        """Every distinct denoiser module: the base and each role's copy (what device settings apply to)."""
+        return [self.backbone.denoiser, *self.copies.values()]
+
     def module(self, role: str) -> nn.Module:
         """The module that computes `role` (the shared base denoiser in lora_shared_base mode)."""
         self._check(role)
@@ -226,9 +230,9 @@ class Roles(nn.Module):
         self.backbone.denoiser.load_state_dict(self.module(role).state_dict())
 
     # ------------------------------------------------------------------ export
-    def export(self, role: str, dst: Path | str, overwrite: bool = False) -> Path:
+    def export(self, role: str, dst: Path | str, overwrite: bool = False, sampler: Any = None) -> Path:
         """One role for people: LoRA safetensors (an adapter role) or a diffusers pipeline folder (a full role),
-        both loadable by the stock pipelines."""
+        both loadable by the stock pipelines, with the scheduler that reproduces `sampler` (a few-step grid)."""
         from anisora.backbones.export import export_lora, export_pipeline
 
         self._check(role)
@@ -236,6 +240,6 @@ class Roles(nn.Module):
             adapter = self.adapters[role]
             if adapter is None:
                 raise ConfigError("role", f"role {role!r} is the base with adapters off: export the base instead")
-            return export_lora(self.backbone, dst, adapter_name=adapter, overwrite=overwrite)
+            return export_lora(self.backbone, dst, adapter_name=adapter, overwrite=overwrite, sampler=sampler)
         with self.use(role):  # the stock pipeline takes the active denoiser
-            return export_pipeline(self.backbone, dst, overwrite=overwrite)
+            return export_pipeline(self.backbone, dst, sampler=sampler, overwrite=overwrite)

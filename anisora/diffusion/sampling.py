@@ -22,10 +22,11 @@ from anisora.backbones.base import BackboneAdapter, Conditioning
 from anisora.config.errors import ConfigError
 from anisora.config.schema import SamplerConfig as SamplerSpec
 from anisora.diffusion.objectives import FlowMatching, Objective
+from anisora.diffusion.schedules import resolved_sigmas
 from anisora.diffusion.v_prediction import build_v_scheduler, dynamic_guidance_scale, initial_noise_v
 
 __all__ = ["SamplerSpec", "Rollout", "RolloutStep", "rollout", "sample", "guided", "build_scheduler",
-           "sde_log_prob", "seeded_noise", "branch_context", "reset_caches"]
+           "sde_log_prob", "seeded_noise", "branch_context", "reset_caches", "stock_scheduler"]
 
 
 def guided(cond_out: torch.Tensor, uncond_out: torch.Tensor, scale: float) -> torch.Tensor:
@@ -38,12 +39,26 @@ def build_scheduler(spec: SamplerSpec):
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
     if spec.name in ("euler", "flow_sde", "euler_renoise"):
-        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0 if spec.sigmas else spec.shift)
+        exact = spec.sigmas or spec.schedule
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0 if exact else spec.shift)
     if spec.name == "unipc":
         return UniPCMultistepScheduler(num_train_timesteps=1000, prediction_type="flow_prediction",
                                        use_flow_sigmas=True, flow_shift=spec.shift)
     raise ConfigError("sampler.name",
                       f"a flow-matching model samples with {', '.join(FlowMatching.samplers)}, got {spec.name!r}")
+
+
+def stock_scheduler(spec: SamplerSpec):
+    """The scheduler a stock diffusers pipeline needs to sample like `spec`: `build_scheduler`'s, except for an
+    exact few-step grid, which stock pipelines reach only through UniPC's first-order flow grid
+    (`anisora.diffusion.schedules.stock_scheduler_config`: exact Euler, levels within 1e-3 of the list)."""
+    if resolved_sigmas(spec) is None:
+        return build_scheduler(spec)
+    from diffusers import UniPCMultistepScheduler
+
+    from anisora.diffusion.schedules import stock_scheduler_config
+
+    return UniPCMultistepScheduler(**stock_scheduler_config(spec))
 
 
 def branch_context(backbone: BackboneAdapter, name: str):
@@ -135,10 +150,11 @@ class DiffusersFlowStepper(Stepper):
     def __init__(self, objective: Objective, spec: SamplerSpec, device: torch.device) -> None:
         super().__init__(objective)
         self.scheduler = build_scheduler(spec)
-        if spec.sigmas:
+        sigmas = resolved_sigmas(spec)
+        if sigmas:
             if spec.name != "euler":
                 raise ConfigError("sampler.sigmas", f"an exact sigma list needs sampler.name=euler, got {spec.name}")
-            self.scheduler.set_timesteps(sigmas=[float(s) for s in spec.sigmas], device=device)
+            self.scheduler.set_timesteps(sigmas=sigmas, device=device)
         else:
             self.scheduler.set_timesteps(spec.num_steps, device=device)
         self.timesteps = self.scheduler.timesteps
@@ -166,7 +182,7 @@ class ExactFlowStepper(Stepper):
     def __init__(self, objective: Objective, spec: SamplerSpec, device: torch.device) -> None:
         super().__init__(objective)
         grid = DiffusersFlowStepper(objective, SamplerSpec(name="euler", num_steps=spec.num_steps, shift=spec.shift,
-                                                           sigmas=spec.sigmas), device)
+                                                           sigmas=resolved_sigmas(spec)), device)
         self.sigmas, self.timesteps = grid.sigmas, grid.timesteps
         self.kind, self.noise_level = spec.name, float(spec.noise_level)
         self.generators: list[torch.Generator] = []

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -25,6 +26,7 @@ from anisora.backbones import Conditioning, build_backbone
 from anisora.backbones.frozen_dtype import cast_frozen_weights
 from anisora.backbones.lora import lora_rank
 from anisora.backbones.roles import Roles, role_specs
+from anisora.config.errors import ConfigError
 from anisora.diffusion.sampling import SamplerSpec
 from anisora.guidance.fold import latent_slot_mask
 from anisora.guidance.pair import pair_from_video
@@ -71,10 +73,14 @@ class DiffusionMethod(pl.LightningModule):
 
     def __init__(self, model: dict[str, Any], guide: dict[str, Any], optimizer: dict[str, Any],
                  sampler: dict[str, Any], max_steps: int, data: dict[str, Any] | None = None,
-                 sequence_parallel: int = 1, frozen_dtype: str = "float32", roles_mode: str = "auto") -> None:
+                 sequence_parallel: int = 1, frozen_dtype: str = "float32", roles_mode: str = "auto",
+                 init_from: str | None = None, role_lora: dict[str, Any] | None = None,
+                 role_optimizers: dict[str, dict[str, Any]] | None = None, initialised_from: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()  # `data` tells infer.py the clip size (and world) it was trained on
         self.backbone = build_backbone(model)
+        if init_from:  # before the roles exist, so every role (teacher, student, critic, EMA) starts from it
+            load_sampled_weights(self.backbone, init_from)
         self.policy = TrainGuidePolicy(
             p_random_main=guide["p_random_main"], p_second=guide["p_second"],
             p_drop_guides=guide["p_drop_guides"], p_drop_text=guide["p_drop_text"],
@@ -82,10 +88,10 @@ class DiffusionMethod(pl.LightningModule):
         )
         self.sampler_spec = SamplerSpec(**sampler)
         self.ema_decay = float(optimizer.get("ema_decay", 0.0)) if self.ema_follows else 0.0
-        mode = roles_mode if roles_mode != "auto" else (
-            "lora_shared_base" if lora_rank(model.get("lora")) > 0 else "full")
+        lora = {**(model.get("lora") or {}), **(role_lora or {})}
+        mode = roles_mode if roles_mode != "auto" else ("lora_shared_base" if lora_rank(lora) > 0 else "full")
         specs = role_specs(list(self.role_names), self.ema_follows if self.ema_decay > 0 else None)
-        self.roles = Roles(self.backbone, specs, mode, model.get("lora"), int(model.get("init_seed", 0)))
+        self.roles = Roles(self.backbone, specs, mode, lora, int(model.get("init_seed", 0)))
         cast_frozen_weights(self.backbone, getattr(torch, frozen_dtype))
         objective = model.get("objective") or {}
         self.motion_weight = float(objective.get("motion_weight", 0.0))
@@ -105,11 +111,22 @@ class DiffusionMethod(pl.LightningModule):
         """The role validation and inference sample: the EMA when there is one."""
         return "ema" if "ema" in self.roles else self.roles.primary
 
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Checks of the method's options that need no model; train.py runs them before building anything."""
+        from omegaconf import OmegaConf
+
+        check_init_from(cfg.method.get("init_from"), OmegaConf.to_container(cfg.model, resolve=True))
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """The method's class beside its hyper-parameters, so `inference.loading` rebuilds exactly this method;
-        the training batches consumed so far, which the data modules resume from."""
+        the training batches consumed so far, which the data modules resume from. The starting checkpoint is
+        recorded but not reloaded from a checkpoint that already holds every role's weights."""
         checkpoint["method_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint["batches_seen"] = self.batches_seen
+        hparams = checkpoint.get("hyper_parameters")
+        if hparams is not None and hparams.get("init_from"):
+            checkpoint["hyper_parameters"] = {**hparams, "init_from": None, "initialised_from": hparams["init_from"]}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.batches_seen = int(checkpoint.get("batches_seen", 0))
@@ -192,8 +209,10 @@ class DiffusionMethod(pl.LightningModule):
         return params
 
     def optimizer_settings(self, role: str) -> dict[str, Any]:
-        """The `optimizer` config, with a subclass's per-role overrides (lr, betas, weight_decay) applied."""
-        return dict(self.hparams.optimizer)
+        """The `optimizer` config with `role_optimizers[role]` on top (lr, betas, weight_decay, eps, warmup_steps,
+        and `schedule`: warmup_cosine, the default, or constant)."""
+        overrides = (self.hparams.get("role_optimizers") or {}).get(role) or {}
+        return {**dict(self.hparams.optimizer), **dict(overrides)}
 
     def configure_optimizers(self):
         """One AdamW and warm-up-then-cosine schedule per trainable role (a list when there are several: the
@@ -205,7 +224,8 @@ class DiffusionMethod(pl.LightningModule):
             cfg = self.optimizer_settings(role)
             opt = adamw(self.role_parameters(role), lr=cfg["lr"], betas=tuple(cfg["betas"]),
                         weight_decay=cfg["weight_decay"], eps=cfg["eps"])
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(int(cfg["warmup_steps"]), total))
+            factor = constant if cfg.get("schedule") == "constant" else warmup_cosine(int(cfg["warmup_steps"]), total)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
             configs.append({"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}})
         return configs[0] if len(configs) == 1 else configs
 
@@ -307,6 +327,41 @@ class DiffusionMethod(pl.LightningModule):
         from anisora.methods.validation import validate_samples
 
         validate_samples(self, batch)
+
+
+def constant(step: int) -> float:
+    """The LambdaLR factor of a constant learning rate (the distillation anchors' schedule)."""
+    return 1.0
+
+
+def load_sampled_weights(backbone, path: str) -> None:
+    """Put the weights a train.py checkpoint samples with (its EMA when it has one) into `backbone`'s denoiser:
+    a distillation's teacher, an RL policy's starting point. The checkpoint must be of the same family and size."""
+    from anisora.inference.loading import load_model
+
+    source = load_model(Path(path), torch.device("cpu"), torch.float32).backbone.denoiser
+    if getattr(source, "peft_config", None):
+        raise ConfigError("method.init_from", f"{path} trained LoRA adapters; merge them first (export the merged "
+                          "pipeline and pass it as model.ckpt)")
+    missing, unexpected = backbone.denoiser.load_state_dict(source.state_dict(), strict=False)
+    if missing or unexpected:
+        raise ConfigError("method.init_from", f"{path} holds another architecture than model= builds "
+                          f"({len(missing)} missing, {len(unexpected)} unexpected weights)")
+
+
+def check_init_from(path: str | None, model_cfg: dict[str, Any], key: str = "method.init_from") -> None:
+    """A starting checkpoint that exists and is of the configured model family (no model is built)."""
+    if not path:
+        return
+    from anisora.inference.loading import read_hparams
+
+    if not Path(path).is_file():
+        raise ConfigError(key, f"{path} does not exist (expected a train.py checkpoint, e.g. "
+                          "outputs/train/<time>/checkpoints/last.ckpt)")
+    theirs = read_hparams(Path(path))["model"]
+    if theirs.get("kind") != model_cfg.get("kind"):
+        raise ConfigError(key, f"{path} is a {theirs.get('kind')!r} model but model= builds a "
+                          f"{model_cfg.get('kind')!r} one (choose the teacher's model=)")
 
 
 def warmup_cosine(warmup: int, total: int):

@@ -1,7 +1,8 @@
-"""`anisora convert`: original-format transformer checkpoints -> diffusers folders, offline.
+"""The `anisora` console command: checkpoint conversion and step-schedule search, offline.
 
     anisora convert wan-original SRC DST [--dtype bf16] [--head-dim 128]
     anisora convert cogvideox-sat SRC DST [--dtype bf16] [--sample-size H W --sample-frames F]
+    anisora oss-search CKPT DIR [--steps 4 8] [--clips 4]        (anisora.tasks.oss_search)
 
 The conversion itself lives with the model families (anisora.backbones.convert). DST is written into a
 temporary sibling folder and renamed into place at the end: a failed run leaves no half-written DST.
@@ -77,19 +78,40 @@ def build_parser() -> argparse.ArgumentParser:
     sat.add_argument("--sample-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), default=None,
                      help="latent grid the model was trained at, when the checkpoint has no RoPE table")
     sat.add_argument("--sample-frames", type=int, default=None, help="pixel frames of that grid (4n+1)")
+    oss = commands.add_parser("oss-search", help="optimal K-of-N step schedules of a flow-matching checkpoint (OSS)",
+                              description="Search the K of the teacher's N Euler steps whose K-step run tracks "
+                                          "its N-step trajectory (AniSora V2's OSS); writes DIR/oss_K.json for "
+                                          "sampler.schedule=FILE.")
+    oss.add_argument("ckpt", type=Path, metavar="CKPT", help="train.py checkpoint (the teacher)")
+    oss.add_argument("out", type=Path, metavar="DIR", help="folder for the schedule files")
+    oss.add_argument("--steps", type=int, nargs="+", default=[4, 8], help="student step counts (default 4 8)")
+    oss.add_argument("--teacher-steps", type=int, default=None, help="N (default: the checkpoint's sampler)")
+    oss.add_argument("--clips", type=int, default=4, help="benchmark clips to search on (median over them)")
+    oss.add_argument("--accelerator", default="auto", help="auto, cpu, gpu or npu")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point `anisora`; bad input prints one `error:` line and exits with code 2."""
     args = build_parser().parse_args(argv)
-    options: dict[str, Any] = {"head_dim": args.head_dim}
-    if args.layout == "cogvideox-sat":
-        options.update(sample_size=args.sample_size, sample_frames=args.sample_frames)
+    if args.command == "oss-search":
+        return guarded(lambda: oss_search(args))
+    return guarded(lambda: convert(args))
+
+
+def oss_search(args: argparse.Namespace) -> None:
+    from anisora.tasks.oss_search import search_schedules
+
+    files = search_schedules(args.ckpt, args.steps, args.out, args.clips, args.teacher_steps,
+                             accelerator=args.accelerator)
+    for k, path in files.items():
+        print(f"{k} steps: {path}  (sampler.schedule={path} sampler.num_steps={k} sampler.name=euler)")
+
+
+def guarded(work) -> int:
+    """Bad input prints one `error:` line and exits with code 2 (an OS error: code 1)."""
     try:
-        convert_checkpoint(args.layout, args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite,
-                           max_shard_size=args.max_shard_size, trust_pickle=args.trust_pickle,
-                           progress=sys.stderr.isatty(), log=print, **options)
+        work()
     except ConfigError as ex:
         print("error: " + " ".join(str(ex).split()), file=sys.stderr)
         raise SystemExit(2) from None
@@ -97,6 +119,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: " + " ".join(str(ex).split()), file=sys.stderr)
         raise SystemExit(1) from None
     return 0
+
+
+def convert(args: argparse.Namespace) -> None:
+    options: dict[str, Any] = {"head_dim": args.head_dim}
+    if args.layout == "cogvideox-sat":
+        options.update(sample_size=args.sample_size, sample_frames=args.sample_frames)
+    convert_checkpoint(args.layout, args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite,
+                       max_shard_size=args.max_shard_size, trust_pickle=args.trust_pickle,
+                       progress=sys.stderr.isatty(), log=print, **options)
 
 
 if __name__ == "__main__":

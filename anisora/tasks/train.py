@@ -34,6 +34,8 @@ from anisora.data.datamodule import ShardDataModule, SyntheticDataModule
 from anisora.data.shard_format import expand_urls
 from anisora.data.shard_stream import check_shard_folders, check_slots
 from anisora.data.synthetic import WorldConfig
+from anisora.diffusion.sampling import SamplerSpec
+from anisora.diffusion.schedules import check_sampler
 from anisora.methods.base import DiffusionMethod
 from anisora.tasks.common import environment_defaults, find_checkpoint, run_task, write_run_record
 
@@ -171,7 +173,8 @@ def check_training(cfg: DictConfig) -> tuple[dict, int, torch.dtype]:
     trainer_device_kwargs(acc.name, acc.devices, strategy, acc.precision)  # fails fast: devices, NPU stack, DeepSpeed
     check_ema(StrategySpec.of(strategy), cfg.optimizer.ema_decay)
     check_attention_backend(acc.attention_backend)
-    method_class(cfg.method)
+    check_sampler(SamplerSpec(**OmegaConf.to_container(cfg.sampler, resolve=True)))
+    method_class(cfg.method).check_config(cfg)
     sequence_parallel = check_sequence_parallel(cfg.trainer.sequence_parallel, strategy["name"], acc.devices)
     frozen = resolve_frozen_dtype(cfg.trainer.frozen_dtype, acc.precision, strategy["name"])
     return strategy, sequence_parallel, frozen
@@ -223,10 +226,11 @@ def prepare_training(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Ca
     method.log_videos = cfg.logger.log_videos and cfg.callbacks.sample_videos
     check_shards_fit(datamodule, method)  # LoRA targets were checked while building: still nothing written
     acc = cfg.accelerator
-    attention = set_attention_backend(method.backbone.denoiser, acc.attention_backend, resolve_device(acc.name),
-                                      activation_dtype(acc.precision))
-    recomputed = apply_activation_checkpointing(method.backbone, cfg.trainer.activation_checkpointing,
-                                                cfg.trainer.checkpoint_fraction)
+    for denoiser in method.roles.denoisers():  # role copies (a critic, an EMA) run like the base
+        attention = set_attention_backend(denoiser, acc.attention_backend, resolve_device(acc.name),
+                                          activation_dtype(acc.precision))
+        recomputed = apply_activation_checkpointing(method.backbone, cfg.trainer.activation_checkpointing,
+                                                    cfg.trainer.checkpoint_fraction, denoiser)
     if rank_zero_only.rank == 0:  # DDP/FSDP/DeepSpeed ranks > 0 run this script again in the same folder
         write_run_record(cfg, run_dir)
     params = sum(p.numel() for p in method.parameters())
