@@ -85,7 +85,8 @@ def stock_scheduler_config(spec) -> dict[str, Any]:
     """Settings of diffusers' `UniPCMultistepScheduler` that make a stock pipeline sample a few-step student as
     deterministic Euler on its grid: first order with the corrector off is exactly the flow Euler step, and its
     flow-sigma grid with `flow_shift` reproduces a shifted uniform list (1, 0.9375, 0.8333, 0.625 -> 1.0,
-    0.9376, 0.8336, 0.6259 in diffusers 0.42). Refuses a list that no shift reproduces (OSS schedules): sample those with infer.py."""
+    0.9376, 0.8336, 0.6259 in diffusers 0.42). Refuses a list that no shift reproduces (OSS schedules): sample
+    those with infer.py."""
     sigmas = resolved_sigmas(spec)
     steps = int(spec.num_steps)
     config = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "flow_shift": float(spec.shift),
