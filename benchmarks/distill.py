@@ -223,11 +223,21 @@ def main() -> None:
         if "ckpt" in row:
             row["s_per_clip"] = seconds_per_clip(Path(row["ckpt"]), row["overrides"] if n in TEACHER_ROWS else [],
                                                  args.threads)
+    add_ratios(rows)
     if (oss / "oss_8.json").exists():
         report["latent_rel_l2_to_teacher_30"] = oss_latent_distance(teacher, oss)
         report["oss_schedules"] = {k: json.loads((oss / f"oss_{k}.json").read_text())["sigmas"] for k in (4, 8)}
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
+
+
+def add_ratios(rows: dict[str, dict]) -> None:
+    """Direction accuracy and mean measured speed of every row as a share of the 30-step teacher's."""
+    base = rows.get("teacher_30", {})
+    for row in rows.values():
+        for key in ("direction_accuracy", "speed_pred_mean"):
+            if base.get(key) and row.get(key) is not None:
+                row[f"{key}_vs_teacher"] = row[key] / base[key]
 
 
 def print_table(report: dict) -> None:
