@@ -82,6 +82,9 @@ def test_the_default_student_grid_is_steps_1000_750_500_250_under_shift_5():
     assert spec.sigmas == pytest.approx(sigmas, abs=1e-4) and spec.guidance_scale == 1.0
     stepper = build_stepper(FlowMatching(), spec, torch.device("cpu"))
     assert [float(t) for t in stepper.timesteps] == pytest.approx([1000.0, 937.5, 833.3, 625.0], abs=0.05)
+    eight = compose_in_process(str(Path(__file__).parents[1] / "conf"), "train", ["sampler=few_step_8"]).sampler
+    assert list(eight.sigmas) == pytest.approx(few_step_sigmas(range(1000, 0, -125), 5.0), abs=1e-6)
+    assert set(spec.sigmas) <= {round(x, 4) for x in eight.sigmas}  # the 4-step grid is a subset
     stock = stock_scheduler(spec)  # what exports ship: first-order UniPC on the same grid
     stock.set_timesteps(4)
     assert [int(t) for t in stock.timesteps] == [999, 937, 833, 625]
