@@ -186,6 +186,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, method: DiffusionMethod, strat
     accelerator and strategy groups, atomic checkpoints, loggers and callbacks from their `_target_` configs."""
     acc = cfg.accelerator
     blocks = fsdp_units(method) if strategy["name"] == "fsdp" else None
+    if strategy["name"] == "ddp" and len(method.trainable_roles()) > 1:  # each backward reaches one role's weights
+        strategy = {**strategy, "find_unused_parameters": True}
     device_kwargs = trainer_device_kwargs(acc.name, acc.devices, strategy, acc.precision, blocks)
     sequence_parallel = int(method.hparams.get("sequence_parallel", 1))
     method.gradient_clip_val = cfg.trainer.gradient_clip_val  # manual optimization clips in step_role
