@@ -68,6 +68,10 @@ def log_videos(trainer: pl.Trainer, paths: list[Path], captions: list[str]) -> N
         if isinstance(logger, WandbLogger) and trainer.lightning_module.log_videos:
             import wandb
 
+            from anisora.tracking.wandb_run import video_table
+
+            rows = [{"step": trainer.global_step, "caption": c, "video": str(p)} for p, c in zip(paths, captions)]
             logger.experiment.log({"val/samples": [wandb.Video(str(p), caption=c, format="mp4")
                                                    for p, c in zip(paths, captions)],
+                                   "val/sample_table": video_table(rows),
                                    "trainer/global_step": trainer.global_step})

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from anisora.config.errors import ConfigError
 from anisora.config.validate import check_config
 from anisora.io import atomic_write_text
+from anisora.tracking.wandb_run import print_sync_command
 
 log = logging.getLogger("anisora")
 PACKAGES = ("anisora", "torch", "lightning", "diffusers", "transformers", "peft", "hydra-core", "omegaconf",
@@ -142,6 +143,7 @@ def run_task(cfg: DictConfig, groups: list[str], body: Callable[[DictConfig, Pat
             import wandb
 
             if wandb.run is not None:
+                print_sync_command()
                 wandb.finish()
 
 

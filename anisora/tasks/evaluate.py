@@ -42,6 +42,7 @@ from anisora.rewards.clips import guided_frames
 from anisora.rewards.vbench_aggregate import quality as vbench_quality
 from anisora.tasks.common import environment_defaults, find_checkpoint, run_task, write_run_record
 from anisora.tasks.infer import sampler_spec, world_from_data
+from anisora.tracking.wandb_run import print_sync_command, run_identity, video_table
 
 log = logging.getLogger("anisora.evaluate")
 GROUPS = ["guide", "sampler", "accelerator", "logger", "paths"]
@@ -205,16 +206,37 @@ def generate_benchmark(cfg: DictConfig, ckpt: Path, run_dir: Path, scorers: list
     return scores
 
 
-def log_to_wandb(cfg: DictConfig, run_dir: Path, metrics: dict[str, float], chart: Path) -> None:
+def log_to_wandb(cfg: DictConfig, run_dir: Path, metrics: dict[str, float], chart: Path,
+                 scores: list[ClipScore], video_folder: Path | None) -> None:
+    """The means, the chart, and a table with one row per clip: its video and every dimension."""
     if cfg.logger.kind != "wandb":
         return
     import wandb
 
     run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, dir=str(run_dir),
-                     mode="offline" if cfg.logger.offline else "online", job_type="evaluate",
+                     mode="offline" if cfg.logger.offline else "online", **run_identity(cfg),
                      name=f"evaluate-{run_dir.name}", config=OmegaConf.to_container(cfg, resolve=True))
-    run.log({f"eval/{k}": v for k, v in metrics.items()} | {"eval/chart": wandb.Image(str(chart))})
+    logged = {f"eval/{k}": v for k, v in metrics.items()} | {"eval/chart": wandb.Image(str(chart))}
+    if scores:
+        rows = [clip_row(s, video_folder) for s in scores]
+        logged["eval/clips"] = video_table(rows)
+        logged["eval/videos"] = [wandb.Video(r["video"], caption=r["clip"], format="mp4")
+                                 for r in rows[:8] if r["video"]]
+    run.log(logged)
+    print_sync_command()
     run.finish()
+
+
+def clip_row(score: ClipScore, video_folder: Path | None) -> dict[str, object]:
+    """A clip's table row: name, video (a path, or '' when there is none to show) and every scalar score."""
+    video = video_folder / f"{score.name}.mp4" if video_folder is not None else None
+    row: dict[str, object] = {"clip": score.name, "video": str(video) if video and video.is_file() else ""}
+    for key, value in score.to_json().items():
+        if isinstance(value, dict):
+            row |= {f"{key}/{k}": float(v) for k, v in value.items()}
+        elif key != "name":
+            row[key] = value if isinstance(value, (str, type(None))) else float(value)
+    return row
 
 
 def compare(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
@@ -260,7 +282,8 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     metrics |= vbench_quality(metrics)  # over the VBench quality dimensions the scorers gave
     paths = write_report(run_dir, metrics, scores, title=f"Evaluation of {ckpt or cfg.benchmark or cfg.videos}",
                          failures=failures)
-    log_to_wandb(cfg, run_dir, metrics, paths["chart_png"])
+    video_folder = run_dir / "videos" if ckpt is not None else (folder if cfg.videos is not None else None)
+    log_to_wandb(cfg, run_dir, metrics, paths["chart_png"], scores, video_folder)
     width = max(len(k) for k in metrics)
     print("\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}"
                     for k, v in sorted(metrics.items())))

@@ -28,6 +28,7 @@ from anisora.methods.preference.offline import OfflinePairs
 from anisora.methods.preference.rounds import PreferenceMethod, check_optimised
 from anisora.tasks.common import environment_defaults, find_checkpoint, run_task, write_run_record
 from anisora.tasks.train import build_method, build_trainer, check_training, world_of
+from anisora.tracking.rl_report import log_rl_summary
 
 log = logging.getLogger("anisora.rl")
 GROUPS = ["rl", "reward", "optimizer", "accelerator", "strategy", "trainer", "callbacks", "logger", "paths"]
@@ -130,6 +131,7 @@ def rl_finetune(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     export(method, run_dir / "export")
     atomic_write_text(run_dir / "heldout.json", json.dumps(method.history, indent=1) + "\n")
+    log_rl_summary(trainer, method, run_dir)  # reward_curves.png; on W&B the held-out table and videos
     first, last = method.history[0], method.history[-1]
     width = max(len(k) for k in last)
     print("\n".join(f"{k:<{width}}  {first[k]:.4f} -> {v:.4f}" for k, v in last.items() if k != "round"))

@@ -38,6 +38,7 @@ from anisora.diffusion.sampling import SamplerSpec
 from anisora.diffusion.schedules import check_sampler
 from anisora.methods.base import DiffusionMethod
 from anisora.tasks.common import environment_defaults, find_checkpoint, run_task, write_run_record
+from anisora.tracking.wandb_run import run_identity
 
 log = logging.getLogger("anisora.train")
 GROUPS = ["method", "model", "data", "guide", "sampler", "accelerator", "strategy", "optimizer", "trainer", "callbacks",
@@ -99,7 +100,8 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     if cfg.logger.kind == "none" or node is None:
         return []
     name = node.get("name") or f"{cfg.task_name}-{run_dir.name}"
-    logger = instantiate(node, save_dir=str(run_dir), name=name)
+    identity = run_identity(cfg) if cfg.logger.kind == "wandb" else {}  # group: the preset; job_type: the task
+    logger = instantiate(node, save_dir=str(run_dir), name=name, **identity)
     if cfg.logger.kind == "wandb":
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return [logger]
