@@ -25,7 +25,9 @@ def test_every_model_composes_with_every_task(name, model):
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))
 def test_every_experiment_composes(experiment):
-    cfg = compose("train", [f"experiment={experiment}"])
+    primary = "rl_finetune" if "override /rl:" in (ROOT / "conf" / "experiment" / f"{experiment}.yaml").read_text() \
+        or experiment.startswith("anisora_rl") else "train"  # RL presets are rl_finetune.py's
+    cfg = compose(primary, [f"experiment={experiment}"])
     check_node(cfg, "")
 
 

@@ -136,3 +136,30 @@ def test_every_tiny_preset_runs_and_the_offline_wandb_runs_hold_metrics_tables_a
     assert {"eval/direction_accuracy", "eval/clips/_type", "eval/videos/_type"} <= ev_keys
     table = json.loads(media(ev, ".table.json")[0].read_text())
     assert len(table["data"]) == 2 and {"video", "speed_error", "temporal_flickering"} <= set(table["columns"])
+
+
+def test_a_three_trial_optuna_sweep_records_a_diverged_trial_as_failed_and_writes_best_params_and_plots(tmp_path):
+    """The study is created in the sweep's SQLite file first, with its three trials queued (the second diverges at
+    lr 1e30); the sweep loads it, as a resumed sweep would, runs them and goes on past the failure."""
+    import optuna
+    import yaml
+    from conftest import list_files, run_entry
+
+    db = tmp_path / "queued" / "study.db"  # the sweep finds its folder made, and the study queued
+    db.parent.mkdir(parents=True)
+    study = optuna.create_study(study_name="train_tiny_lr_motion", storage=f"sqlite:///{db}", direction="minimize")
+    for lr in (1e-3, 1e30, 3e-3):
+        study.enqueue_trial({"optimizer.lr": lr, "model.objective.motion_weight": 4.0})
+    out = run_entry("train.py", "-m", "hparams_search=optuna", *TINY, "trainer.max_steps=3",
+                    "trainer.val_every_n_steps=100", "callbacks.checkpoint_every_n_steps=100",
+                    "hydra.sweeper.params={optimizer.lr:'tag(log, interval(1e-4, 1e30))'}", "hydra.sweeper.n_trials=3",
+                    "hydra.sweeper.study_name=train_tiny_lr_motion", f"hydra.sweeper.storage=sqlite:///{db}",
+                    log_dir=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = optuna.load_study(study_name="train_tiny_lr_motion", storage=f"sqlite:///{db}").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    best = min((t for t in trials if t.value is not None), key=lambda t: t.value)
+    sweep = next((tmp_path / "train" / "multirun").iterdir())
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_params"]["optimizer.lr"] == best.params["optimizer.lr"] and results["best_value"] == best.value
+    assert {p.name for p in list_files(sweep) if p.suffix == ".png"} == {"objective.png", "importance.png"}

@@ -468,6 +468,7 @@ class TrainTaskConfig:
     logger: LoggerConfig = MISSING
     paths: PathsConfig = MISSING
     tags: list[str] = field(default_factory=list)
+    optimized_metric: str = "train/loss"  # what train.py returns to a sweeper (hparams_search=...)
 
 
 @dataclass

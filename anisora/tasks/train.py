@@ -38,6 +38,7 @@ from anisora.diffusion.sampling import SamplerSpec
 from anisora.diffusion.schedules import check_sampler
 from anisora.methods.base import DiffusionMethod
 from anisora.tasks.common import environment_defaults, find_checkpoint, run_task, write_run_record
+from anisora.tracking.sweeps import run_trial
 from anisora.tracking.wandb_run import run_identity
 
 log = logging.getLogger("anisora.train")
@@ -261,7 +262,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     return metrics
 
 
-def run(cfg: DictConfig) -> float | None:
-    """Entry point of train.py; returns train/loss for Hydra sweepers."""
-    metrics = run_task(cfg, GROUPS, train)
-    return metrics.get("train/loss")
+def run(cfg: DictConfig) -> float:
+    """Entry point of train.py; returns `optimized_metric` for Hydra sweepers (a failed trial raises TrialFailed)."""
+    return run_trial(lambda: run_task(cfg, GROUPS, train), cfg.optimized_metric)
