@@ -8,6 +8,7 @@ import re
 import struct
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, TINY, compose
 from omegaconf import open_dict
 
@@ -141,7 +142,8 @@ def test_every_tiny_preset_runs_and_the_offline_wandb_runs_hold_metrics_tables_a
 def test_a_three_trial_optuna_sweep_records_a_diverged_trial_as_failed_and_writes_best_params_and_plots(tmp_path):
     """The study is created in the sweep's SQLite file first, with its three trials queued (the second diverges at
     lr 1e30); the sweep loads it, as a resumed sweep would, runs them and goes on past the failure."""
-    import optuna
+    optuna = pytest.importorskip("optuna", reason="the sweeps extra: pip install -e '.[sweeps]'")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install --no-deps hydra-optuna-sweeper")
     import yaml
     from conftest import list_files, run_entry
 
