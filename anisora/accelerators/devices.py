@@ -56,20 +56,31 @@ def lightning_accelerator(name: str) -> str:
 
 
 def trainer_device_kwargs(name: str, devices: Any, strategy: str | Mapping[str, Any], precision: str,
-                          block_types: set[type[torch.nn.Module]] | None = None) -> dict[str, Any]:
+                          block_types: set[type[torch.nn.Module]] | None = None, num_nodes: int = 1
+                          ) -> dict[str, Any]:
     """`lightning.Trainer` keyword arguments for the accelerator and strategy groups. NPUs get explicit
     accelerator, strategy and precision objects (Lightning would fall back to CPU strategies and CUDA autocast).
     `block_types` are the denoiser's block classes (FSDP wraps each block); without them this call only checks:
-    a missing NPU stack or DeepSpeed, or a strategy the devices cannot run, fails here with one line."""
-    from anisora.accelerators.strategies import StrategySpec, build_strategy, check_strategy, strategy_options
+    a missing NPU stack or DeepSpeed, a strategy the devices cannot run, or `num_nodes` without a matching
+    cluster launch (torchrun, SLURM) fails here with one line."""
+    from anisora.accelerators.cluster import check_launch
+    from anisora.accelerators.strategies import (
+        StrategySpec,
+        build_strategy,
+        check_strategy,
+        device_count,
+        strategy_options,
+    )
 
     spec = StrategySpec.of(strategy)
-    check_strategy(spec, name, devices, precision)
+    check_launch(num_nodes, devices, device_count(devices))  # first: the launch names what a node count needs
+    check_strategy(spec, name, devices, precision, num_nodes)
     if name == "npu":
         from anisora.accelerators.npu import trainer_kwargs
 
-        return trainer_kwargs(spec.name, devices, precision, strategy_options(spec, name, block_types))
-    return {"accelerator": lightning_accelerator(name), "devices": devices,
+        kwargs = trainer_kwargs(spec.name, devices, precision, strategy_options(spec, name, block_types))
+        return {**kwargs, "num_nodes": num_nodes}
+    return {"accelerator": lightning_accelerator(name), "devices": devices, "num_nodes": num_nodes,
             "strategy": build_strategy(spec, name, block_types), "precision": precision, "plugins": []}
 
 

@@ -153,11 +153,14 @@ def device_count(devices: Any) -> int | None:
     return None if devices == -1 else int(devices)
 
 
-def check_strategy(spec: StrategySpec, accelerator: str, devices: Any, precision: str) -> None:
+def check_strategy(spec: StrategySpec, accelerator: str, devices: Any, precision: str, num_nodes: int = 1) -> None:
     """Fail in one line, before anything is built, on a combination that cannot run."""
     count = device_count(devices)
     if spec.name == "single" and count != 1:
         raise ConfigError("strategy", f"single runs on one device, but accelerator.devices={devices!r}: "
+                          "use strategy=ddp, fsdp or deepspeed_zero2/zero3/zero3_offload")
+    if spec.name == "single" and num_nodes > 1:
+        raise ConfigError("strategy", f"single runs on one device, but accelerator.num_nodes={num_nodes}: "
                           "use strategy=ddp, fsdp or deepspeed_zero2/zero3/zero3_offload")
     if spec.name == "fsdp" and accelerator == "cpu" and precision != "32-true":
         raise ConfigError("accelerator.precision", f"FSDP on the CPU trains in 32-true; got {precision!r}")

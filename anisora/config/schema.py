@@ -34,7 +34,8 @@ class AcceleratorConfig:
     """Where and how tensors run; the Lightning trainer and inference both read it."""
 
     name: str = choice("auto", "cpu", "gpu", "npu")
-    devices: Any = 1
+    devices: Any = 1  # per node
+    num_nodes: int = bounded(1, 1)  # machines of a torchrun / SLURM launch (README: Many nodes)
     precision: str = choice("32-true", "bf16-mixed", "bf16-true", "16-mixed")
     attention_backend: Optional[str] = None  # diffusers attention backend name; auto: per device; None: default
     num_threads: Optional[int] = bounded(None, 1)  # CPU intra-op threads; None keeps torch's default

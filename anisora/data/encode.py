@@ -251,8 +251,14 @@ def encode_shards(backbone: BackboneAdapter, records: list[ClipRecord], out: Pat
                    *([f"{IMAGE_PREFIX}{m}.pth" for m in encoder.guides] if image is not None else [])],
         "num_clips": len(records), "samples_per_shard": n, "sample_bytes_estimate": estimate,
         "num_shards": num_shards, "shards": f"{{{shard_name(0)}..{shard_name(max(num_shards - 1, 0))}}}.tar",
-        **completed_counts(out, num_shards),
     }
+    return write_dataset_info(out, info)
+
+
+def write_dataset_info(out: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """dataset.json with the totals of the shards complete now (a launch's rank 0 writes it again once every
+    rank is done, so the file counts them all)."""
+    info = {**info, **completed_counts(out, int(info["num_shards"]))}
     atomic_write_json(out / DATASET_INFO, info)
     return info
 

@@ -279,7 +279,8 @@ class DiffusionMethod(pl.LightningModule):
         from anisora.accelerators.distributed import sequence_parallel_mesh
         from anisora.inference.speedups.context_parallel import enable
 
-        enable(self.backbone.denoiser, sp, mesh=sequence_parallel_mesh(sp, self.trainer.strategy.root_device))
+        mesh = sequence_parallel_mesh(sp, self.trainer.strategy.root_device, self.trainer.node_rank)
+        enable(self.backbone.denoiser, sp, mesh=mesh)
         self._sequence_split = True
         if self.trainer.is_global_zero:
             log.info("sequence parallel: each sample's tokens split over %d ranks", sp)

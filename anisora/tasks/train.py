@@ -70,7 +70,8 @@ def build_datamodule(cfg: DictConfig) -> SyntheticDataModule:
 
 
 def check_sequence_parallel(degree: int, strategy: str, devices) -> int:
-    """Sequence parallelism splits each sample over `degree` DDP ranks; fail fast on what cannot hold it."""
+    """Sequence parallelism splits each sample over `degree` DDP ranks of one node (`devices` counts a node's
+    devices, so every group stays inside a node); fail fast on what cannot hold it."""
     if degree == 1:
         return 1
     count = len(devices) if isinstance(devices, (list, tuple)) else int(devices)
@@ -173,7 +174,8 @@ def check_training(cfg: DictConfig) -> tuple[dict, int, torch.dtype]:
     acc = cfg.accelerator
     check_model_config(OmegaConf.to_container(cfg.model, resolve=True), acc.name, acc.precision)
     strategy = OmegaConf.to_container(cfg.strategy, resolve=True)
-    trainer_device_kwargs(acc.name, acc.devices, strategy, acc.precision)  # fails fast: devices, NPU stack, DeepSpeed
+    trainer_device_kwargs(acc.name, acc.devices, strategy, acc.precision,  # fails fast: devices, nodes, launch,
+                          num_nodes=acc.num_nodes)  # NPU stack, DeepSpeed
     check_ema(StrategySpec.of(strategy), cfg.optimizer.ema_decay)
     check_attention_backend(acc.attention_backend)
     check_sampler(SamplerSpec(**OmegaConf.to_container(cfg.sampler, resolve=True)))
@@ -191,7 +193,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, method: DiffusionMethod, strat
     blocks = fsdp_units(method) if strategy["name"] == "fsdp" else None
     if strategy["name"] == "ddp" and len(method.trainable_roles()) > 1:  # each backward reaches one role's weights
         strategy = {**strategy, "find_unused_parameters": True}
-    device_kwargs = trainer_device_kwargs(acc.name, acc.devices, strategy, acc.precision, blocks)
+    device_kwargs = trainer_device_kwargs(acc.name, acc.devices, strategy, acc.precision, blocks, acc.num_nodes)
     sequence_parallel = int(method.hparams.get("sequence_parallel", 1))
     method.gradient_clip_val = cfg.trainer.gradient_clip_val  # manual optimization clips in step_role
     options = dict(

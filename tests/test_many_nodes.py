@@ -1,0 +1,178 @@
+"""Many nodes, simulated on one CPU: two torchrun launches on localhost (`--nnodes 2`, c10d rendezvous) train the
+tiny model under DDP to the weights of one process, keep sequence-parallel groups inside a node, and encode every
+shard exactly once; data splits by global rank over worlds that span nodes; several nodes without a cluster
+launch fail in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import ROOT, TINY, run_entry
+
+from anisora.accelerators.cluster import check_launch
+from anisora.accelerators.distributed import check_groups_within_nodes
+from anisora.config.errors import ConfigError
+from anisora.data.datamodule import SyntheticDataModule
+from anisora.data.shard_stream import ShardStream
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+RUN = [*TINY, "trainer.max_steps=2", "model.objective.motion_weight=0", "optimizer.warmup_steps=0",
+       "optimizer.ema_decay=0", "logger=none", "callbacks.sample_videos=false", "trainer.log_every_n_steps=1"]
+ENCODE_MODEL = [o for o in TINY if o.startswith("model.")]
+LAUNCH_ENV = {k: "" for k in ("TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_nodes(program: list[str], nproc: int, timeout: float = 180) -> list[str]:
+    """Launch `program` as two torchrun "nodes" of `nproc` processes each on localhost; the first hosts the c10d
+    store. Returns each launch's combined output."""
+    endpoint, run_id = f"127.0.0.1:{free_port()}", f"t{os.getpid()}{free_port()}"
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    launch = [*TORCHRUN, "--nnodes", "2", "--nproc-per-node", str(nproc), "--rdzv-backend", "c10d",
+              "--rdzv-endpoint", endpoint, "--rdzv-id", run_id, "--max-restarts", "0"]
+    procs = [subprocess.Popen([*launch, "--rdzv-conf", f"is_host={int(n == 0)}", *program], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for n in (0, 1)]
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-4000:]
+    return outputs
+
+
+def trained_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == 2
+    return {k: v for k, v in state["state_dict"].items() if k.startswith("backbone.denoiser.")}
+
+
+def test_ddp_over_two_torchrun_nodes_matches_one_process(tmp_path):
+    """2 nodes x 1 process x batch 2 = the same 4 clips per step as one process with batch 4."""
+    single = run_entry("train.py", *RUN, "data.batch_size=4", log_dir=tmp_path / "one",
+                       run_dir=tmp_path / "one" / "run")
+    assert single.returncode == 0, single.stderr[-4000:]
+    run_dir = tmp_path / "nodes" / "run"  # one folder every node sees (a shared filesystem)
+    outputs = two_nodes(["train.py", *RUN, "strategy=ddp", "accelerator.num_nodes=2", "accelerator.devices=1",
+                         "data.batch_size=2", f"paths.log_dir={tmp_path / 'nodes'}", f"hydra.run.dir={run_dir}"], 1)
+    members = [sorted(set(re.findall(r"GLOBAL_RANK: \d+, MEMBER: (\d)/2", out))) for out in outputs]
+    assert sorted(members) == [["1"], ["2"]]  # one rank per launch, in one world of two
+    reference, nodes = trained_weights(tmp_path / "one" / "run"), trained_weights(run_dir)
+    assert reference.keys() == nodes.keys() and reference
+    for key in reference:
+        torch.testing.assert_close(nodes[key], reference[key], atol=2e-5, rtol=1e-4, msg=key)
+    assert max((nodes[k] - reference[k]).abs().max().item() for k in reference) < 2e-5
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]  # no temporaries left
+
+
+MESH_SCRIPT = textwrap.dedent("""
+    import json, sys, torch
+    import torch.distributed as dist
+    from anisora.accelerators.distributed import init_process_group, launched_place, sequence_parallel_mesh
+
+    place = launched_place()
+    init_process_group(torch.device("cpu"))
+    mesh = sequence_parallel_mesh(2, torch.device("cpu"), place.node_rank)
+    group = [int(r) for r in mesh.mesh.flatten().tolist()]
+    nodes = [None] * place.world_size
+    dist.all_gather_object(nodes, place.node_rank)
+    with open(f"{sys.argv[1]}/rank{place.rank}.json", "w") as fh:
+        json.dump({"rank": place.rank, "local_rank": place.local_rank, "group": group, "nodes": nodes}, fh)
+    dist.destroy_process_group()
+""")
+
+
+def test_sequence_parallel_groups_of_a_two_by_two_launch_stay_inside_a_node(tmp_path):
+    script = tmp_path / "mesh.py"
+    script.write_text(MESH_SCRIPT)
+    two_nodes([str(script), str(tmp_path)], 2, timeout=120)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)]
+    nodes = ranks[0]["nodes"]
+    assert sorted(nodes) == [0, 0, 1, 1]
+    groups = {tuple(r["group"]) for r in ranks}
+    assert groups == {(0, 1), (2, 3)}  # two groups of two, each this rank's own
+    for r in ranks:
+        assert r["rank"] in r["group"] and len({nodes[m] for m in r["group"]}) == 1
+    assert nodes[0] != nodes[2]  # ... on different nodes: data parallel across nodes
+
+
+def test_a_group_that_spans_nodes_fails_in_one_line():
+    check_groups_within_nodes([[0, 1], [2, 3]], [0, 0, 1, 1])
+    with pytest.raises(ConfigError) as info:
+        check_groups_within_nodes([[0, 1], [2, 3]], [0, 1, 0, 1])  # srun --distribution=cyclic
+    assert str(info.value).startswith("trainer.sequence_parallel: the group of ranks [0, 1] spans nodes [0, 1]")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("nodes", "per_node", "workers", "sp"), [(2, 8, 2, 1), (3, 2, 3, 1), (2, 4, 1, 2)])
+def test_shards_split_by_global_rank_over_nodes_cover_every_shard_once(nodes, per_node, workers, sp):
+    """Data slots are (global rank // sequence parallel, worker); every shard is read by exactly one slot per
+    pass, whatever the node layout, and a sequence-parallel group's ranks read the same shards."""
+    shards = [f"/data/{k:06d}.tar" for k in range(97)]
+    readers = {}
+    for node in range(nodes):
+        for local in range(per_node):
+            module = SyntheticDataModule(None, 0, 1)
+            module.sequence_parallel = sp
+            module.trainer = SimpleNamespace(global_rank=node * per_node + local, world_size=nodes * per_node)
+            rank, world = module.data_rank()
+            stream = ShardStream(shards, 1, seed=4, rank=rank, world_size=world)
+            readers[node * per_node + local] = [s for w in range(workers) for s in stream.worker_shards(1, w, workers)]
+    read = [s for rank in range(0, nodes * per_node, sp) for s in readers[rank]]
+    assert sorted(read) == shards
+    for rank in range(nodes * per_node):
+        assert readers[rank] == readers[rank - rank % sp]
+
+
+def test_encode_over_two_torchrun_nodes_writes_every_shard_once(tmp_path):
+    from anisora.data.manifest import read_manifest
+    from anisora.data.shard_format import decode_sample, read_tar
+    from anisora.data.synthetic import WorldConfig
+    from anisora.data.synthetic_export import export_world
+
+    manifest = export_world(tmp_path / "src", WorldConfig(num_frames=5, height=16, width=16, sprite_size=6),
+                            seed=0, count=9, clips_per_file=3)
+    out = tmp_path / "shards"
+    outputs = two_nodes(["-m", "anisora.tasks.data_cli", "encode", f"manifest={manifest}", f"out={out}",
+                         "accelerator=cpu", "shard_max_samples=2", "progress=false", f"paths.log_dir={tmp_path}",
+                         f"hydra.run.dir={tmp_path / 'run'}", *ENCODE_MODEL], 1)
+    plans = sorted(m for o in outputs for m in re.findall(r"rank (\d) of (\d): (\d) shards, 0 already complete", o))
+    assert plans == [("0", "2", "3"), ("1", "2", "2")]  # shards 0, 2, 4 and 1, 3: global ranks, not local ones
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["num_shards"] == 5 and info["shards_complete"] == 5 and info["samples"] == 9
+    ids = [decode_sample(fields)["meta"]["id"] for tar in sorted(out.glob("*.tar")) for _, fields in read_tar(str(tar))]
+    assert sorted(ids) == sorted(r.id for r in read_manifest(manifest)) and len(set(ids)) == 9
+
+
+def test_several_nodes_without_a_cluster_launch_fail_in_one_line(tmp_path):
+    out = run_entry("train.py", *TINY, "accelerator.num_nodes=2", log_dir=tmp_path / "outputs")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: accelerator.num_nodes: 2 needs a multi-node launch: torchrun --nnodes 2 --nproc-per-node 1 "
+        "--rdzv-backend c10d --rdzv-endpoint HOST:PORT train.py ... on every node, or srun under SLURM (sbatch "
+        "--nodes 2 --ntasks-per-node 1); this process was started by neither")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_launch_that_does_not_match_the_config_fails_in_one_line(monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    check_launch(2, 2, 2)
+    with pytest.raises(ConfigError) as info:
+        check_launch(2, 1, 1)
+    assert str(info.value).startswith("accelerator.num_nodes: this torchrun launch does not match "
+                                      "accelerator.devices=1 x accelerator.num_nodes=2: You set `devices=1`")
+    assert "\n" not in str(info.value)
