@@ -176,3 +176,23 @@ def test_a_launch_that_does_not_match_the_config_fails_in_one_line(monkeypatch):
     assert str(info.value).startswith("accelerator.num_nodes: this torchrun launch does not match "
                                       "accelerator.devices=1 x accelerator.num_nodes=2: You set `devices=1`")
     assert "\n" not in str(info.value)
+
+
+def test_under_srun_ranks_and_nodes_come_from_slurm(monkeypatch):
+    """What srun sets for task 9 of 2 nodes x 8: encode and training read the global rank and node from it."""
+    from anisora.accelerators.distributed import launched_place
+
+    for key, value in {"SLURM_NTASKS": "16", "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "8", "SLURM_PROCID": "9",
+                       "SLURM_LOCALID": "1", "SLURM_NODEID": "1", "SLURM_JOB_NAME": "train", "SLURM_NODELIST": "n[1-2]",
+                       "SLURM_JOB_ID": "77"}.items():
+        monkeypatch.setenv(key, value)
+    for key in ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    place = launched_place()
+    assert (place.rank, place.world_size, place.local_rank, place.node_rank) == (9, 16, 1, 1)
+    check_launch(2, 8, 8)
+    with pytest.raises(ConfigError) as info:
+        check_launch(1, 8, 8)
+    assert str(info.value).startswith("accelerator.num_nodes: this srun launch does not match accelerator.devices=8 "
+                                      "x accelerator.num_nodes=1: You set `num_nodes=1` in Lightning, but the number "
+                                      "of nodes configured in SLURM `--nodes=2` does not match")
