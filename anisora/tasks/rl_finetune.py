@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from anisora.accelerators.devices import set_num_threads
@@ -27,7 +26,7 @@ from anisora.io import atomic_write_text
 from anisora.methods.preference.offline import OfflinePairs
 from anisora.methods.preference.rounds import PreferenceMethod, check_optimised
 from anisora.tasks.common import environment_defaults, find_checkpoint, run_task, write_run_record
-from anisora.tasks.train import build_method, build_trainer, check_training, world_of
+from anisora.tasks.train import build_method, build_trainer, check_training, target_class, world_of
 from anisora.tracking.rl_report import log_rl_summary
 
 log = logging.getLogger("anisora.rl")
@@ -37,14 +36,7 @@ FROM_CHECKPOINT = ("model", "data", "guide", "sampler")
 
 
 def preference_class(cfg: DictConfig) -> type[PreferenceMethod]:
-    target = cfg.rl.get("_target_")
-    try:
-        cls = get_class(target)
-    except Exception:
-        raise ConfigError("rl._target_", f"cannot import {target!r}") from None
-    if not (isinstance(cls, type) and issubclass(cls, PreferenceMethod)):
-        raise ConfigError("rl._target_", f"{target} is not a PreferenceMethod")
-    return cls
+    return target_class(cfg.rl.get("_target_"), "rl._target_", PreferenceMethod)
 
 
 def training_config(cfg: DictConfig, source: Path, start: str | None) -> DictConfig:

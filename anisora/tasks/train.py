@@ -125,15 +125,20 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
     return callbacks
 
 
-def method_class(method_cfg: DictConfig) -> type[DiffusionMethod]:
-    """The LightningModule named by `method._target_`; an unknown option of it fails in one line."""
-    target = method_cfg.get("_target_")
+def target_class(target: str | None, key: str, base: type) -> type:
+    """The class a `_target_` names, a subclass of `base`; anything else fails in one line naming `key`."""
     try:
         cls = get_class(target)
     except Exception:
-        raise ConfigError("method._target_", f"cannot import {target!r}") from None
-    if not (isinstance(cls, type) and issubclass(cls, DiffusionMethod)):
-        raise ConfigError("method._target_", f"{target} is not a DiffusionMethod")
+        raise ConfigError(key, f"cannot import {target!r}") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(key, f"{target} is not a {base.__name__}")
+    return cls
+
+
+def method_class(method_cfg: DictConfig) -> type[DiffusionMethod]:
+    """The LightningModule named by `method._target_`; an unknown option of it fails in one line."""
+    cls = target_class(method_cfg.get("_target_"), "method._target_", DiffusionMethod)
     accepted = {n for c in cls.__mro__ if c is not object for n in inspect.signature(c.__init__).parameters}
     for key in method_cfg:
         if key != "_target_" and key not in accepted:
