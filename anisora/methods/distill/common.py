@@ -19,6 +19,7 @@ import torch
 from anisora.backbones import Conditioning
 from anisora.backbones.memory import check_roles_fit
 from anisora.config.errors import ConfigError
+from anisora.diffusion.objectives import build_objective
 from anisora.diffusion.sampling import SamplerSpec, guided, rollout
 from anisora.diffusion.schedules import check_sampler, resolved_sigmas
 from anisora.inference.loading import read_hparams
@@ -65,10 +66,10 @@ class DistillMethod(DiffusionMethod):
         from anisora.methods.base import check_init_from
 
         check_init_from(teacher, model, "method.teacher")
-        objective = (model.get("objective") or {}).get("name", "flow_match")
-        if objective != "flow_match":
+        objective = build_objective(model.get("objective"))
+        if "euler_renoise" not in objective.samplers:  # the student's grid rollout steps on exact noise levels
             raise ConfigError("model.objective.name", f"{cls.__name__} distils flow-matching models (Wan), this "
-                              f"model uses {objective!r}")
+                              f"model uses {objective.name!r}")
         spec = SamplerSpec(**OmegaConf.to_container(cfg.sampler, resolve=True))
         check_sampler(spec)
         if cls.needs_grid and resolved_sigmas(spec) is None:
