@@ -21,6 +21,7 @@ from anisora.diffusion.sampling import build_stepper, sde_log_prob
 from anisora.methods.preference.grpo import GRPOMethod
 from anisora.methods.preference.losses import group_advantages, reward_weights
 from anisora.methods.preference.pairwise import PairwiseMethod, best_against_worst
+from anisora.methods.preference.rounds import round_share
 from anisora.methods.preference.rwr import RWRMethod
 
 REWARD = {"name": "weighted", "scorers": ["ground_truth"],
@@ -115,6 +116,15 @@ def test_rwr_weights_follow_rewards_within_each_group_and_training_runs():
     before = [p.detach().clone() for p in method.roles.parameters_of("policy")]
     method.update(samples)
     assert any(not torch.equal(a, b) for a, b in zip(before, method.roles.parameters_of("policy")))
+
+
+def test_a_round_splits_into_one_contiguous_share_per_rank_or_fails_in_one_line():
+    shares = [round_share(6, rank, 3) for rank in range(3)]
+    assert [list(range(6))[s] for s in shares] == [[0, 1], [2, 3], [4, 5]]  # in rank order: the round itself
+    assert round_share(4, 0, 1) == slice(0, 4)
+    with pytest.raises(ConfigError, match=r"^rl.prompts_per_round: 3 prompts per round do not split evenly over 2 "
+                                          r"data-parallel ranks: use a multiple of 2$"):
+        round_share(3, 0, 2)
 
 
 def test_a_pairs_file_is_checked_line_by_line(tmp_path):

@@ -1,16 +1,21 @@
-"""rl_finetune.py end to end on a tiny checkpoint: a run killed mid-way resumes to the same weights and held-out
-history as an uninterrupted one; offline GAPO from a pairs file writes a checkpoint that infer.py and evaluate.py
-read; bad input stops in one line before any rollout."""
+"""rl_finetune.py end to end on a tiny checkpoint: a run killed mid-way resumes to the same weights, held-out
+history and round tables as an uninterrupted one; offline GAPO from a pairs file writes a checkpoint that infer.py
+and evaluate.py read; under DDP over two torchrun ranks each rank rolls out its own prompts, both gather the same
+score table and rank 0 alone writes the records; bad input stops in one line before any rollout."""
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
+import re
 import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, assert_same_last_checkpoints, compose, kill_when, run_entry
+from conftest import ROOT, TINY, assert_same_last_checkpoints, compose, kill_when, list_files, run_entry
 from omegaconf import OmegaConf
+from test_many_nodes import two_nodes
 
 ROUNDS = 4
 RL = ["accelerator=cpu", "callbacks.progress_bar=none", f"rl.rounds={ROUNDS}", "rl.checkpoint_every=1",
@@ -47,6 +52,9 @@ def test_a_killed_run_resumes_exactly(tmp_path, start):
     history = json.loads((tmp_path / "full" / "run" / "heldout.json").read_text())
     assert [h["round"] for h in history] == [0, 2, 4]
     assert history == json.loads((log_dir / "rl_finetune" / "second" / "heldout.json").read_text())
+    rounds = (tmp_path / "full" / "run" / "rounds.jsonl").read_text()
+    assert [json.loads(line)["round"] for line in rounds.splitlines()] == list(range(1, ROUNDS + 1))
+    assert rounds == (log_dir / "rl_finetune" / "second" / "rounds.jsonl").read_text()
     assert {"reward", "direction_correct", "speed_score", "guide_psnr", "temporal_flickering"} <= set(history[0])
 
 
@@ -74,6 +82,35 @@ def test_offline_gapo_from_a_pairs_file_then_infer_and_evaluate_read_it(tmp_path
                          f"ckpt={ckpt}", log_dir=tmp_path / "evaluate", run_dir=tmp_path / "evaluate" / "run")
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     assert json.loads((tmp_path / "evaluate" / "run" / "metrics.json").read_text())["num_clips"] == 2
+
+
+def test_a_round_over_two_ranks_rolls_out_each_prompt_once_and_rank_zero_alone_writes(tmp_path, start):
+    """Two torchrun "nodes" of one process each (gloo): the round's 2 prompts split one per rank, both ranks gather
+    the same score table (the digest each logs), the logged round metrics are the whole round's, and only global
+    rank 0 writes records, plots, tables and checkpoints (each rank gets its own run folder to show it)."""
+    args = [*RL, "rl.rounds=1", "rl.eval_every=1", "rl.eval_prompts=1", "rl.updates_per_round=1", f"ckpt={start}",
+            "strategy=ddp", "accelerator.num_nodes=2", "accelerator.devices=1", f"paths.log_dir={tmp_path}",
+            f"hydra.run.dir={tmp_path}/rank${{oc.env:RANK}}"]
+    outputs = two_nodes(["rl_finetune.py", *args], 1)
+    seen = [re.findall(r"round 1, rank (\d) of 2: prompts \[(\d)\]; the round's table: 4 samples of 2 prompts, "
+                       r"digest (\w+)", out) for out in outputs]
+    assert [len(found) for found in seen] == [1, 1], outputs[0][-3000:]
+    (rank_a, prompt_a, digest_a), (rank_b, prompt_b, digest_b) = seen[0][0], seen[1][0]
+    assert sorted([(rank_a, prompt_a), (rank_b, prompt_b)]) == [("0", "0"), ("1", "1")]  # its own share each
+    assert digest_a == digest_b
+    run, other = tmp_path / "rank0", tmp_path / "rank1"
+    assert list_files(other) == []  # rank 1 wrote nothing
+    assert {"config.yaml", "run.json", "heldout.json", "rounds.jsonl", "reward_curves.png"} <= {
+        p.name for p in run.iterdir()} and (run / "checkpoints" / "last.ckpt").is_file()
+    (record,) = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
+    assert record["world_size"] == 2 and record["prompt"] == [0, 0, 1, 1] and record["rollout"] == [0, 1, 0, 1]
+    assert record["rank"] == [0, 0, 1, 1]  # each prompt's group rolled out once, on one rank
+    columns = {k: record[k] for k in ("prompt", "rollout", "rank", "reward")}
+    assert hashlib.sha1(json.dumps(columns).encode()).hexdigest()[:12] == digest_a  # the table rank 1 holds too
+    assert record["mean"]["reward"] == pytest.approx(float(np.mean(record["reward"])), rel=1e-6)
+    (metrics,) = [r for r in csv.DictReader((run / "csv" / "metrics.csv").open()) if r.get("rollout/reward")]
+    assert float(metrics["rollout/reward"]) == pytest.approx(record["mean"]["reward"], rel=1e-6)  # the round's mean
+    assert float(metrics["rl/pairs"]) == record["update"]["pairs"] == 2.0  # one pair from each rank
 
 
 @pytest.mark.parametrize(("overrides", "expected"), [

@@ -94,10 +94,8 @@ class GRPOMethod(PreferenceMethod):
                 kl_sum += float(kl.detach())
                 clip_frac += float(stats["clip_frac"]) / len(trained)
             if u == 0:
-                self.log("rl/ratio_dev_first", ratio_dev, batch_size=1)  # 0 up to rounding: nothing changed yet
+                ratio_dev_first = ratio_dev  # 0 up to rounding: nothing changed yet
             self.step_role("policy", loss)
-        self.log("rl/loss", float(loss.detach()), batch_size=1, prog_bar=True)
-        self.log("rl/kl", kl_sum / max(1, len(trained)), batch_size=1)
-        self.log("rl/ratio_dev", ratio_dev, batch_size=1)
-        self.log("rl/clip_frac", clip_frac, batch_size=1)
-        self.log("rl/advantage_nonzero", float((adv != 0).float().mean()), batch_size=1)
+        self.log_update({"ratio_dev_first": ratio_dev_first, "loss": loss.detach(),
+                         "kl": kl_sum / max(1, len(trained)), "ratio_dev": ratio_dev, "clip_frac": clip_frac,
+                         "advantage_nonzero": (adv != 0).float().mean()}, maxima=("ratio_dev_first", "ratio_dev"))

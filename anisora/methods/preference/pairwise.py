@@ -90,7 +90,5 @@ class PairwiseMethod(OfflinePairs, PreferenceMethod):
         for u in range(self.settings.updates_per_round):
             loss, stats = self.pair_loss(pairs, u) if pairs is not None else (self.zero_loss(), {})
             self.step_role("policy", loss)
-        self.log("rl/pairs", float(len(pairs) if pairs is not None else 0), batch_size=1)
-        self.log("rl/loss", float(loss.detach()), batch_size=1, prog_bar=True)
-        for key, value in stats.items():
-            self.log(f"rl/{key}", float(value), batch_size=1)
+        self.log_update({"pairs": len(pairs) if pairs is not None else 0, "loss": loss.detach(), **stats},
+                        sums=("pairs",))  # the round's pairs; the rest averaged over the ranks

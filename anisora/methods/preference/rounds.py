@@ -7,10 +7,19 @@ and the subclass turns the scores into pairs or advantages and takes `updates_pe
 (a pairs file) the batch already holds both videos of each pair with their scores. Every draw (rollout noise, the
 noise and level of each update) comes from seeds of the batch's samples and the round, so a run resumed from a
 round's checkpoint repeats the rounds an uninterrupted run would have done.
+
+Under data parallelism every rank reads the round's prompts and rolls out its own contiguous share of them (by
+global rank; the ranks of a sequence-parallel group share one), so a round is the same prompts whatever the world
+size. A prompt's group stays on the rank that sampled it: its pairs and advantages need no other rank's latents.
+The scores, with prompt and rollout ids, are gathered from every rank into the round's table (`RoundTable`), which
+round-wide reward normalisation (RWR), the round's record and the logged metrics read, so every rank logs the
+same values; DDP averages the gradients of each rank's own samples.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -18,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from anisora.backbones.base import Conditioning
 from anisora.config.errors import ConfigError
@@ -35,10 +45,57 @@ def seed_of(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
+def gather_objects(value: Any) -> list[Any]:
+    """Every rank's `value` in rank order (torch.distributed's all_gather_object); `[value]` when no process group
+    is initialised or it holds one rank."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def round_share(count: int, rank: int, world: int) -> slice:
+    """The rows of a round's `count` prompts that data-parallel rank `rank` of `world` rolls out: one contiguous
+    block each, so the blocks in rank order are the round as one process sees it."""
+    if count % world:
+        raise ConfigError("rl.prompts_per_round", f"{count} prompts per round do not split evenly over {world} "
+                                                  f"data-parallel ranks: use a multiple of {world}")
+    share = count // world
+    return slice(rank * share, (rank + 1) * share)
+
+
+def fill_nan(values: torch.Tensor) -> torch.Tensor:
+    """NaN rewards (a dimension that does not apply) replaced by the worst finite one (0 when none is)."""
+    finite = values[~values.isnan()]
+    return values.nan_to_num(float(finite.min()) if len(finite) else 0.0)
+
+
+@dataclass
+class RoundTable:
+    """Every sample of a round, gathered from every data-parallel rank in rank order (a rank's rows are its prompts'
+    groups): what round statistics, round-wide reward normalisation and the logged metrics read."""
+
+    prompts: list[int]  # per sample: its prompt's index in the data stream
+    rollouts: list[int]  # per sample: its place in its prompt's group (offline: 0 winner, 1 loser)
+    ranks: list[int]  # per sample: the global rank that sampled and scored it
+    rewards: torch.Tensor  # (N,) the optimised dimension, NaN replaced by the round's worst
+    scores: list[dict[str, float]]  # per sample, every dimension of the scorer (offline: none)
+    local: slice  # this rank's rows
+
+    def columns(self) -> dict[str, list]:
+        return {"prompt": self.prompts, "rollout": self.rollouts, "rank": self.ranks,
+                "reward": self.rewards.tolist()}
+
+    def digest(self) -> str:
+        """A short fingerprint of the table, for checking in each rank's log that all ranks hold the same one."""
+        return hashlib.sha1(json.dumps(self.columns()).encode()).hexdigest()[:12]
+
+
 @dataclass
 class RoundSamples:
-    """One round's samples: latents with the conditioning they were sampled (or given) with, and their scores.
-    Online samples are laid out group by group: K consecutive rollouts of one prompt and guide."""
+    """One round's samples on this rank: latents with the conditioning they were sampled (or given) with, and their
+    scores. Online samples are laid out group by group: K consecutive rollouts of one prompt and guide."""
 
     latents: torch.Tensor  # (N, C, T, h, w) clean latents
     cond: Conditioning
@@ -48,6 +105,17 @@ class RoundSamples:
     scores: list[dict[str, float]]
     group_size: int
     trajectory: Rollout | None = None
+    table: RoundTable | None = None  # the whole round, every rank's samples
+
+    @property
+    def round_rewards(self) -> torch.Tensor:
+        """The rewards of the whole round (every rank's samples, in rank order)."""
+        return self.rewards if self.table is None else self.table.rewards
+
+    @property
+    def rows(self) -> slice:
+        """This rank's rows of `round_rewards`."""
+        return slice(0, len(self.rewards)) if self.table is None else self.table.local
 
 
 def take(cond: Conditioning, index: torch.Tensor | list[int]) -> Conditioning:
@@ -82,6 +150,8 @@ class PreferenceMethod(DiffusionMethod):
         self.reward_config = reward
         self._scorer = None
         self.history: list[dict[str, float]] = []  # held-out means per evaluation (with `round`)
+        self.round_records: list[dict[str, Any]] = []  # per round: its gathered score table and statistics
+        self._round_record: dict[str, Any] = {}
         self.stop_reason: str | None = None
         self._in_round = False
 
@@ -89,10 +159,12 @@ class PreferenceMethod(DiffusionMethod):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["rl_history"] = list(self.history)
+        checkpoint["rl_rounds"] = list(self.round_records)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         self.history = list(checkpoint.get("rl_history", []))
+        self.round_records = list(checkpoint.get("rl_rounds", []))
 
     @property
     def rounds_done(self) -> int:
@@ -124,9 +196,63 @@ class PreferenceMethod(DiffusionMethod):
         return self.scorer.score(clips_from_tensors(pixels.cpu(), guide.cpu(), mask.cpu(), captions, truths))
 
     def rewards_of(self, scores: list[dict[str, float]]) -> torch.Tensor:
-        values = torch.tensor([float(s[self.settings.optimise]) for s in scores], dtype=torch.float32)
-        finite = values[~values.isnan()]
-        return values.nan_to_num(float(finite.min()) if len(finite) else 0.0)
+        return fill_nan(torch.tensor([float(s[self.settings.optimise]) for s in scores], dtype=torch.float32))
+
+    # ----------------------------------------------------------------- ranks
+    def data_parallel_place(self) -> tuple[int, int, int]:
+        """(rank, world) among the data-parallel ranks and the sequence-parallel degree: the ranks of a
+        sequence-parallel group split one sample's tokens, so they roll out the same prompts."""
+        sp = int(self.hparams.get("sequence_parallel", 1))
+        world = self._trainer.world_size if self._trainer is not None else 1
+        return self.global_rank // sp, max(1, world // sp), sp
+
+    def local_prompts(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """This rank's share of the round's prompts (every rank reads them all; alone, the whole batch)."""
+        rank, world, _ = self.data_parallel_place()
+        if world == 1:
+            return batch
+        rows = round_share(len(batch["seed"]), rank, world)
+        return {key: value[rows] for key, value in batch.items()}
+
+    def gather(self, value: Any) -> list[Any]:
+        """`value` of every data-parallel rank in rank order (one collective; none alone), one copy per
+        sequence-parallel group."""
+        _, world, sp = self.data_parallel_place()
+        return [value] if world * sp == 1 else gather_objects(value)[::sp]
+
+    def gather_round(self, prompts: list[int], rollouts: list[int], rewards: list[float],
+                     scores: list[dict[str, float]]) -> RoundTable:
+        """The round's table from this rank's samples (their prompt ids, places in the group, raw rewards and
+        scores) and every other rank's; starts the round's record."""
+        rank, world, sp = self.data_parallel_place()
+        parts = self.gather({"prompts": prompts, "rollouts": rollouts, "rewards": rewards, "scores": scores})
+        table = RoundTable(prompts=[int(p) for part in parts for p in part["prompts"]],
+                           rollouts=[int(j) for part in parts for j in part["rollouts"]],
+                           ranks=[g * sp for g, part in enumerate(parts) for _ in part["prompts"]],
+                           rewards=fill_nan(torch.tensor([float(r) for part in parts for r in part["rewards"]],
+                                                         dtype=torch.float32)),
+                           scores=[s for part in parts for s in part["scores"]],
+                           local=slice(rank * len(prompts), (rank + 1) * len(prompts)))
+        self._round_record = {"world_size": world, "mean": mean_scores(table.scores), **table.columns()}
+        if world > 1:
+            log.info("round %d, rank %d of %d: prompts %s; the round's table: %d samples of %d prompts, digest %s",
+                     self.rounds_done + 1, self.global_rank, world * sp, sorted(set(prompts)), len(table.prompts),
+                     len(set(table.prompts)), table.digest())
+        return table
+
+    def log_update(self, stats: dict[str, Any], sums: tuple[str, ...] = (), maxima: tuple[str, ...] = ()
+                   ) -> dict[str, float]:
+        """Log the round's update statistics under rl/, the same value on every rank: each rank's values gathered
+        in one collective and reduced over the ranks that report them (the mean; the sum or the max for the keys
+        named), and kept in the round's record."""
+        parts = self.gather({key: float(value) for key, value in stats.items()})
+        out: dict[str, float] = {}
+        for key in dict.fromkeys(k for part in parts for k in part):
+            values = [part[key] for part in parts if key in part]
+            out[key] = sum(values) if key in sums else max(values) if key in maxima else sum(values) / len(values)
+            self.log(f"rl/{key}", out[key], batch_size=1, prog_bar=key == "loss")
+        self._round_record["update"] = out
+        return out
 
     # ----------------------------------------------------------------- sampling
     def checkpoint_sampler(self, **changes: Any) -> SamplerSpec:
@@ -161,7 +287,9 @@ class PreferenceMethod(DiffusionMethod):
 
     @torch.no_grad()
     def collect(self, batch: dict[str, Any]) -> RoundSamples:
-        """K rollouts per prompt and guide with the policy, decoded and scored; every dimension is logged."""
+        """K rollouts per prompt and guide of this rank's prompts with the policy, decoded and scored; every
+        dimension's mean over the whole round (every rank's rollouts) is logged."""
+        batch = self.local_prompts(batch)
         k, spec = self.settings.rollouts_per_prompt, self.rollout_spec()
         video = batch["video"]
         guide, mask = self.guide_pairs(video)
@@ -176,10 +304,13 @@ class PreferenceMethod(DiffusionMethod):
             out = rollout(self.backbone, cond, uncond, shape, spec, seeds=seeds, known=known,
                           record=self.records_trajectory)
         scores = self.score(out.latents, guide, mask, captions, truths)
-        for key, value in mean_scores(scores).items():
-            self.log(f"rollout/{key}", value, batch_size=len(scores))
-        return RoundSamples(out.latents.detach(), cond, uncond, seeds, self.rewards_of(scores), scores, k,
-                            out if self.records_trajectory else None)
+        prompts = batch.get("index", list(range(len(video))))
+        table = self.gather_round([p for p in prompts for _ in range(k)], [j for _ in prompts for j in range(k)],
+                                  [float(s[self.settings.optimise]) for s in scores], scores)
+        for key, value in self._round_record["mean"].items():
+            self.log(f"rollout/{key}", value, batch_size=len(table.scores))
+        return RoundSamples(out.latents.detach(), cond, uncond, seeds, table.rewards[table.local], scores, k,
+                            out if self.records_trajectory else None, table)
 
     @torch.no_grad()
     def held_out(self) -> dict[str, float]:
@@ -253,6 +384,7 @@ class PreferenceMethod(DiffusionMethod):
         samples = self.offline_samples(batch) if "winner" in batch else self.collect(batch)
         self.update(samples)
         self._in_round = False
+        self.round_records.append({"round": self.rounds_done, **self._round_record})
         self.log("rl/round", float(self.rounds_done), batch_size=1)
         if self.rounds_done % self.settings.eval_every == 0:
             self.evaluate_and_guard()

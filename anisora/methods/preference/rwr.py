@@ -1,6 +1,7 @@
 """Reward-weighted regression (Flow-RWR): the denoising loss of the policy's own rollouts, each weighted by
 exp(advantage / temperature) with advantages normalised within a prompt's group, so better rollouts of the same
-prompt and guide pull harder (papers-and-users.md section 5)."""
+prompt and guide pull harder (papers-and-users.md section 5). The weights are normalised over the whole round
+(every rank's samples), so under data parallelism the averaged gradient is the one of a single process."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ class RWRMethod(OfflinePairs, PreferenceMethod):
     settings_class = RWRConfig
 
     def update(self, samples: RoundSamples) -> None:
-        weights = reward_weights(group_advantages(samples.rewards, samples.group_size), self.settings.temperature)
-        weights = weights.to(self.device)
+        round_weights = reward_weights(group_advantages(samples.round_rewards, samples.group_size),
+                                       self.settings.temperature)
+        weights = round_weights[samples.rows].to(self.device)
         for u in range(self.settings.updates_per_round):
             terms = self.denoising_terms(samples.latents, samples.seeds, u)
             losses, pred = self.per_sample_losses("policy", terms, samples.cond)
@@ -25,6 +27,5 @@ class RWRMethod(OfflinePairs, PreferenceMethod):
             self.step_role("policy", loss)
         with torch.no_grad():
             _, ref_pred = self.per_sample_losses("reference", terms, samples.cond)
-        self.log("rl/loss", float(loss.detach()), batch_size=1, prog_bar=True)
-        self.log("rl/output_kl", float((pred.detach() - ref_pred).square().mean()), batch_size=1)
-        self.log("rl/weight_max", float(weights.max()), batch_size=1)
+        self.log_update({"loss": loss.detach(), "output_kl": (pred.detach() - ref_pred).square().mean(),
+                         "weight_max": round_weights.max()}, maxima=("weight_max",))
