@@ -86,6 +86,23 @@ def held_out(ckpt: Path, val_file: Path, accelerator: str) -> tuple[dict[str, fl
     return metrics, labels
 
 
+def spearman_ceiling(val_file: Path, draws: int = 50) -> dict[str, float]:
+    """Per dimension, the Spearman of a perfect ranking whose ties are broken at random (a regressor's outputs
+    rarely tie): what a model that orders every distinct score rightly reaches when the truth ties a lot."""
+    from anisora.methods.reward_losses import spearman
+
+    data = read_reward_data(val_file, "val")
+    truth = np.array([[c.scores.get(d, math.nan) for d in DIMENSIONS] for c in data.clips])
+    rng = np.random.default_rng(0)
+    out = {}
+    for i, d in enumerate(DIMENSIONS):
+        column = truth[:, i]
+        spread = np.nanmax(column) - np.nanmin(column)
+        out[f"spearman_ceiling/{d}"] = float(np.mean([
+            spearman(column + 1e-9 * spread * rng.random(len(column)), column) for _ in range(draws)]))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--groups", type=int, default=48, help="training groups (six clips each)")
@@ -99,7 +116,15 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "reward_data", help="data, towers and run")
+    parser.add_argument("--ceiling-only", action="store_true",
+                        help="only the held-out data's Spearman ceiling (results/reward_ceiling.json)")
     args = parser.parse_args()
+    if args.ceiling_only:
+        val_file = write_reward_world(args.out / "val", WorldConfig(), 0, args.val_groups, "val")
+        row = {"val_groups": args.val_groups, **spearman_ceiling(val_file)}
+        print_key_values(row)
+        (RESULTS / "reward_ceiling.json").write_text(json.dumps(row, indent=2) + "\n")
+        return
     world = WorldConfig()
     start = time.perf_counter()
     train_file = write_reward_world(args.out / "train", world, 0, args.groups, "train")
@@ -109,6 +134,7 @@ def main() -> None:
     ckpt = train(args, train_file, val_file, towers)
     trained = time.perf_counter()
     metrics, labels = held_out(ckpt, val_file, args.accelerator)
+    metrics.update(spearman_ceiling(val_file))
     passed = all(metrics.get(f"{m}/{d}", -1.0) >= floor for m, floor in TARGETS.items() for d in DIMENSIONS)
     row = {"groups": args.groups, "val_groups": args.val_groups, "clips_per_group": 6, "steps": args.steps,
            "towers": f"tiny CLIP, width {args.width}, {args.layers} layers, random init", "data_s": built - start,

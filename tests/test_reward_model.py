@@ -128,6 +128,28 @@ def test_train_py_fits_a_reward_model_whose_checkpoint_is_the_learned_scorer(tmp
     first, second = scorer.score([guided, plain])
     assert set(first) == set(DIMENSIONS) and all(math.isfinite(v) for v in [*first.values(), *second.values()])
     assert first != second and scorer.score([guided])[0] == pytest.approx(first)
+    rows = [json.loads(line) for line in train_file.read_text().splitlines()]
+    for d in DIMENSIONS:  # predictions stay inside the range the training scores spanned
+        seen = [r["scores"][d] for r in rows if r["scores"][d] is not None]
+        assert min(seen) - 1e-4 <= first[d] <= max(seen) + 1e-4 and min(seen) - 1e-4 <= second[d] <= max(seen) + 1e-4
+
+
+def test_reward_predictions_are_clamped_to_the_training_range():
+    from pathlib import Path
+
+    from anisora.data.reward_clips import RewardClip, RewardData, score_range
+    from anisora.rewards.reward_net import RewardNet
+
+    clips = [RewardClip(Path(f"{i}.npy"), scores=s) for i, s in enumerate(
+        [{"colour_consistency": 0.25}, {"colour_consistency": 1.0}, {}])]
+    low, high = score_range(RewardData(clips, []), ["colour_consistency", "speed_score"])
+    assert low == [0.25, -math.inf] and high == [1.0, math.inf]
+    net = RewardNet.__new__(RewardNet)
+    torch.nn.Module.__init__(net)
+    for name, value in [("score_mean", [0.5, 0.5]), ("score_std", [1.0, 1.0]), ("score_min", low), ("score_max", high)]:
+        net.register_buffer(name, torch.tensor(value))
+    out = net.scores(torch.tensor([[2.0, 2.0], [-2.0, -2.0], [0.1, 0.1]]))
+    assert out.flatten().tolist() == pytest.approx([1.0, 2.5, 0.25, -1.5, 0.6, 0.6])
 
 
 def test_reward_model_settings_and_checkpoints_are_refused_in_one_line(tmp_path, capsys):

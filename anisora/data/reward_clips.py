@@ -145,6 +145,16 @@ def score_stats(data: RewardData, dimensions: Sequence[str]) -> tuple[list[float
     return means, stds
 
 
+def score_range(data: RewardData, dimensions: Sequence[str]) -> tuple[list[float], list[float]]:
+    """The lowest and highest score of each dimension (-inf and inf where unscored)."""
+    lows, highs = [], []
+    for d in dimensions:
+        values = [c.scores[d] for c in data.clips if math.isfinite(c.scores.get(d, math.nan))]
+        lows.append(float(min(values)) if values else -math.inf)
+        highs.append(float(max(values)) if values else math.inf)
+    return lows, highs
+
+
 def read_guide(path: Path) -> np.ndarray:
     if path.suffix == ".npy":
         return np.load(path)

@@ -1,7 +1,8 @@
 """A labelled reward dataset from the tiny world: each group is one clip's prompt and first frame with the true
-video and corrupted ones (wrong direction, wrong speed, static, flicker, wrong colour), every video scored by
-the ground-truth scorer against the true clip's truth. The corruption is the row's `label`, so reports break the
-scores down by it. Videos are stored as .npy (exact pixels: the labels were computed on them).
+video and corrupted ones (wrong direction, wrong speed, static, flicker of random strength, a colour change from a
+random frame on), every video scored by the ground-truth scorer against the true clip's truth. The corruption is
+the row's `label`, so reports break the scores down by it. Videos are stored as .npy (exact pixels: the labels were
+computed on them).
 """
 
 from __future__ import annotations
@@ -51,10 +52,12 @@ def corrupted_video(world: WorldConfig, seed: int, split: str, index: int, kind:
         offsets = strength * np.where(np.arange(len(base.video)) % 2, 1.0, -1.0)
         offsets[0] = 0.0  # the guide frame stays as given
         return np.clip(base.video.astype(np.float32) + offsets[:, None, None, None], 0, 255).astype(np.uint8)
-    if kind == "wrong_colour":
+    if kind == "wrong_colour":  # the sprite turns another colour from a random frame on: a graded identity drift
         other = str(rng.choice([c for c in SPRITE_COLOURS if c != truth.colour]))
-        return make_clip(world, seed, split, index, motion_score=truth.motion_score, direction=truth.direction,
-                         colour=other).video
+        recoloured = make_clip(world, seed, split, index, motion_score=truth.motion_score, direction=truth.direction,
+                               colour=other).video
+        onset = int(rng.integers(1, len(base.video)))
+        return np.concatenate([base.video[:onset], recoloured[onset:]])
     raise ValueError(f"corruption: expected one of {', '.join(CORRUPTIONS)}, got {kind!r}")
 
 

@@ -32,7 +32,8 @@ class RewardModelMethod(pl.LightningModule):
 
     def __init__(self, settings: dict[str, Any], optimizer: dict[str, Any], max_steps: int,
                  tower_configs: dict[str, Any] | None = None, score_mean: list[float] | None = None,
-                 score_std: list[float] | None = None, tokenizer_files: dict[str, bytes] | None = None) -> None:
+                 score_std: list[float] | None = None, tokenizer_files: dict[str, bytes] | None = None,
+                 score_min: list[float] | None = None, score_max: list[float] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer_files"])  # they travel beside the weights (on_save_checkpoint)
         towers = Towers(settings.get("vision"), settings.get("text"), tower_configs, tokenizer_files)
@@ -41,7 +42,7 @@ class RewardModelMethod(pl.LightningModule):
         if towers.text is not None:
             towers.text.requires_grad_(bool(settings["train_text"]))
         self.net = RewardNet(towers, settings["dimensions"], settings["num_frames"], settings["hidden"], score_mean,
-                             score_std)
+                             score_std, score_min, score_max)
         self._held_out: list[dict[str, Any]] = []
 
     @property
@@ -103,7 +104,7 @@ class RewardModelMethod(pl.LightningModule):
         pairs = batch["pairs"]
         delta = rewards[pairs[:, 0], pairs[:, 2]] - rewards[pairs[:, 1], pairs[:, 2]]
         self._held_out.append({"pred": self.net.scores(rewards).float().cpu().numpy(),
-                               "scores": batch["raw_scores"].numpy(), "delta": delta.float().cpu().numpy(),
+                               "scores": batch["raw_scores"].cpu().numpy(), "delta": delta.float().cpu().numpy(),
                                "dims": pairs[:, 2].cpu().numpy(), "ties": batch["ties"].cpu().numpy(),
                                "labels": batch["labels"]})
         self.log("val/loss", self.losses(batch, rewards)["loss"], batch_size=len(batch["prompts"]))

@@ -13,6 +13,7 @@ with the training labels' mean and standard deviation, so a regression-trained h
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,7 +32,8 @@ class RewardNet(nn.Module):
     """(frames, prompts, guides) -> one standardised reward per dimension per clip."""
 
     def __init__(self, towers: Towers, dimensions: Sequence[str], num_frames: int, hidden: int,
-                 score_mean: Sequence[float] | None = None, score_std: Sequence[float] | None = None) -> None:
+                 score_mean: Sequence[float] | None = None, score_std: Sequence[float] | None = None,
+                 score_min: Sequence[float] | None = None, score_max: Sequence[float] | None = None) -> None:
         super().__init__()
         self.towers, self.dimensions, self.num_frames = towers, tuple(dimensions), int(num_frames)
         width = towers.image_width
@@ -43,6 +45,12 @@ class RewardNet(nn.Module):
         count = len(self.dimensions)
         self.register_buffer("score_mean", torch.tensor(score_mean or [0.0] * count, dtype=torch.float32))
         self.register_buffer("score_std", torch.tensor(score_std or [1.0] * count, dtype=torch.float32))
+        # the range the training scores spanned: a prediction outside it says no more than its end (a clip cannot be
+        # more than fully colour-consistent), and clean clips tie where their true scores tie; from hparams
+        self.register_buffer("score_min", torch.tensor(score_min or [-math.inf] * count, dtype=torch.float32),
+                             persistent=False)
+        self.register_buffer("score_max", torch.tensor(score_max or [math.inf] * count, dtype=torch.float32),
+                             persistent=False)
 
     # ----------------------------------------------------------------- inputs
     def pixels(self, frames: np.ndarray) -> torch.Tensor:
@@ -78,5 +86,5 @@ class RewardNet(nn.Module):
         return torch.cat([self.heads[d](fused) for d in self.dimensions], dim=-1)
 
     def scores(self, rewards: torch.Tensor) -> torch.Tensor:
-        """Standardised rewards -> each dimension's units."""
-        return self.score_mean + self.score_std * rewards
+        """Standardised rewards -> each dimension's units, inside the range the training scores spanned."""
+        return torch.maximum(torch.minimum(self.score_mean + self.score_std * rewards, self.score_max), self.score_min)

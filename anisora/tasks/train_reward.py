@@ -24,6 +24,7 @@ from anisora.data.reward_clips import (
     RewardGroups,
     check_dimensions,
     read_reward_data,
+    score_range,
     score_stats,
     split_groups,
 )
@@ -92,13 +93,16 @@ def train_reward_model(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     settings = reward_model_settings(cfg.method)
     splits = reward_splits(settings, cfg.seed)
     data, train_groups = splits[0], splits[1]
-    mean, std = score_stats(RewardData([data.clips[i] for g in train_groups for i in g], []), settings["dimensions"])
+    train_data = RewardData([data.clips[i] for g in train_groups for i in g], [])
+    mean, std = score_stats(train_data, settings["dimensions"])
+    low, high = score_range(train_data, settings["dimensions"])
     resume = find_checkpoint(cfg.ckpt_path, Path(cfg.paths.log_dir), "ckpt_path")
     environment_defaults()
     set_num_threads(cfg.accelerator.num_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     method = get_class(settings["_target_"])(settings, OmegaConf.to_container(cfg.optimizer, resolve=True),
-                                              cfg.trainer.max_steps, score_mean=mean, score_std=std)
+                                              cfg.trainer.max_steps, score_mean=mean, score_std=std,
+                                              score_min=low, score_max=high)
     datamodule = reward_datamodule(settings, method.net, splits, cfg.seed)
     write_run_record(cfg, run_dir)
     trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
