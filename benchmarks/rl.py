@@ -86,6 +86,16 @@ def manual_steps(method, lr: float = 1e-4) -> None:
     method.batches_seen, method._in_round = 1, True
 
 
+def write_device_result(args: argparse.Namespace, rows: dict) -> None:
+    """benchmarks/results/rl_device_<model>.json with the rows measured so far (a row cut off by a time limit
+    leaves the earlier ones written)."""
+    result = {"date": date.today().isoformat(), "command": "python benchmarks/rl.py " + " ".join(sys.argv[1:]),
+              "model": args.device_model, "size": args.size, "lora_rank": args.lora_rank, **rows}
+    out = ROOT / "benchmarks" / "results" / f"rl_device_{args.device_model}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1), flush=True)
+
+
 def device_rows(args: argparse.Namespace) -> dict:
     import torch
     from omegaconf import OmegaConf
@@ -121,9 +131,17 @@ def device_rows(args: argparse.Namespace) -> dict:
     rows = {}
 
     def build(cls, rl):
-        method = cls(rl={"rollouts_per_prompt": args.group, "prompts_per_round": 1, "updates_per_round": 1,
-                         "rollout_steps": args.rollout_steps, **rl}, reward=REWARD, max_steps=10, role_lora=lora,
-                     frozen_dtype=frozen, **parts).to(device)
+        start = time.perf_counter()
+        settings = {"rollouts_per_prompt": args.group, "prompts_per_round": 1, "updates_per_round": 1,
+                    "rollout_steps": args.rollout_steps, **rl}
+        try:
+            with torch.device(device):  # random weights drawn on the accelerator: minutes faster than on the host
+                method = cls(rl=settings, reward=REWARD, max_steps=10, role_lora=lora, frozen_dtype=frozen, **parts)
+        except RuntimeError as ex:  # a part that draws from a host generator: build on the host instead
+            print(f"building on {device} failed ({str(ex).splitlines()[0][:200]}); building on the host", flush=True)
+            method = cls(rl=settings, reward=REWARD, max_steps=10, role_lora=lora, frozen_dtype=frozen, **parts)
+        method = method.to(device)
+        print(f"built {cls.__name__} in {time.perf_counter() - start:.1f} s", flush=True)
         apply_activation_checkpointing(method.backbone, "full")
         manual_steps(method)
         return method
@@ -155,6 +173,7 @@ def device_rows(args: argparse.Namespace) -> dict:
         return {"s_per_step": min(times), "peak_gib": peak_memory_gib(device)}
 
     rows["gapo_step"] = gapo_row()
+    write_device_result(args, rows)
     empty_cache()
 
     method = build(GRPOMethod, {"train_steps": 1})
@@ -186,14 +205,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--precision", default="bf16-mixed")
+    parser.add_argument("--out", type=Path, help="results file (default: benchmarks/results/rl_tiny.json)")
     args, extra = parser.parse_known_args()
     if args.device_model:
-        rows = device_rows(args)
-        result = {"date": date.today().isoformat(), "command": "python benchmarks/rl.py " + " ".join(sys.argv[1:]),
-                  "model": args.device_model, "size": args.size, "lora_rank": args.lora_rank, **rows}
-        out = ROOT / "benchmarks" / "results" / f"rl_device_{args.device_model}.json"
-        out.write_text(json.dumps(result, indent=1) + "\n")
-        print(json.dumps(result, indent=1))
+        write_device_result(args, device_rows(args))
         return
     root = Path(tempfile.mkdtemp(prefix="anisora-rl-"))
     start, sft_s = args.start, None
@@ -208,7 +223,7 @@ def main() -> None:
               f"{os.cpu_count()} cores", "command": "python benchmarks/rl.py " + " ".join(sys.argv[1:]),
               "start": str(start), "sft_steps": None if args.start else args.sft_steps, "sft_s": sft_s,
               "threads_per_run": args.threads, "rows": rows}
-    out = ROOT / "benchmarks" / "results" / "rl_tiny.json"
+    out = args.out or ROOT / "benchmarks" / "results" / "rl_tiny.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\nwrote {out}")
