@@ -135,8 +135,52 @@ def unit_frames(pixels: torch.Tensor) -> torch.Tensor:
     return ((pixels.float().clamp(-1, 1) + 1) / 2).cpu()
 
 
-def run_stock(backbone, g: torch.Tensor, steps: int, device: torch.device) -> dict:
-    """diffusers' own pipeline over the same components; the final latents are caught at the last step."""
+#: peers on the stock pipeline: cache-dit's recommended Hopper settings for Wan (its examples/configs/hopper/cache.yaml
+#: and quantize.yaml: DBCache F1B0, threshold 0.12, 8 warm-up steps at interval 2, at most 2 cached steps in a row,
+#: first-order TaylorSeer; + torchao float8 per-row linears), on diffusers' default attention
+CACHE_DIT = {"max_warmup_steps": 8, "warmup_interval": 2, "max_cached_steps": -1, "max_continuous_cached_steps": 2,
+             "Fn_compute_blocks": 1, "Bn_compute_blocks": 0, "residual_diff_threshold": 0.12,
+             "enable_taylorseer": True, "taylorseer_order": 1}
+PEERS = {"cache_dit": {"cache_config": CACHE_DIT},
+         "cache_dit_fp8": {"cache_config": CACHE_DIT, "quantize_config": {"quant_type": "float8_per_row"}}}
+
+
+def with_cache_dit(settings: dict):
+    """A `prepare` for run_stock: cache-dit's hooks on the pipeline (and its quantization, which stays)."""
+    import cache_dit
+
+    def prepare(pipe) -> None:
+        cache_dit.enable_cache(pipe, **cache_dit.load_configs(settings))
+
+    prepare.undo = cache_dit.disable_cache  # type: ignore[attr-defined]
+    prepare.version = cache_dit.__version__  # type: ignore[attr-defined]
+    return prepare
+
+
+def dit_timer(module: torch.nn.Module, device: torch.device):
+    """CUDA events around every forward of `module`: its own seconds, summed after the run (no sync inside it)."""
+    events: list = []
+    if device.type != "cuda":
+        return events, []
+
+    def before(mod, args, kwargs):
+        start = torch.cuda.Event(enable_timing=True)
+        start.record()
+        events.append([start, None])
+
+    def after(mod, args, kwargs, output):
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        events[-1][1] = end
+
+    handles = [module.register_forward_pre_hook(before, with_kwargs=True),
+               module.register_forward_hook(after, with_kwargs=True)]
+    return events, handles
+
+
+def run_stock(backbone, g: torch.Tensor, steps: int, device: torch.device, prepare=None) -> dict:
+    """diffusers' own pipeline over the same components (with a peer's `prepare` applied to it, if given); the
+    final latents are caught at the last step, and the DiT's own time per step is summed from CUDA events."""
     from diffusers import CogVideoXImageToVideoPipeline, UniPCMultistepScheduler, WanImageToVideoPipeline
 
     from anisora.backbones.cogvideox import CogVideoXI2VBackbone
@@ -167,12 +211,26 @@ def run_stock(backbone, g: torch.Tensor, steps: int, device: torch.device) -> di
         kwargs = {**common, "negative_prompt": "", "guidance_scale": 5.0,
                   "max_sequence_length": backbone.prompt_encoder.max_sequence_length}
     pipe.set_progress_bar_config(disable=True)
-    out, seconds, peak = timed(device, pipe, **kwargs)
+    if prepare is not None:
+        prepare(pipe)
+    events, handles = dit_timer(pipe.transformer, device)
+    try:
+        out, seconds, peak = timed(device, pipe, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        if prepare is not None and hasattr(prepare, "undo"):
+            prepare.undo(pipe)
     frames = out.frames.float().cpu().permute(0, 2, 1, 3, 4)  # (B, F, C, H, W) -> (B, C, F, H, W)
     latents = caught["latents"].float().cpu()
     if backbone.dit_layout == "BTCHW":
         latents = latents.permute(0, 2, 1, 3, 4)
-    return {"total_s": seconds, "peak_gib": peak, "frames": frames, "latents": latents}
+    row = {"total_s": seconds, "peak_gib": peak, "frames": frames, "latents": latents}
+    if events:
+        row["dit_s"] = sum(a.elapsed_time(b) for a, b in events) / 1000
+        row["dit_calls"] = len(events)
+        row["dit_step_s"] = row["dit_s"] / steps
+    return row
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -302,7 +360,7 @@ def add_ratios(report: dict) -> None:
 
 
 def stem(variant: str) -> str:
-    return "stock" if variant == STOCK else variant
+    return "stock" if variant == STOCK else variant.replace(" ", "_")
 
 
 def save_output(output: dict, folder: Path, variant: str) -> None:
@@ -369,6 +427,8 @@ def main() -> None:
     parser.add_argument("--check-inputs", action="store_true",
                         help="compare the first DiT call of stock and ours input by input, then exit")
     parser.add_argument("--smoke", action="store_true", help="toy sizes on any device: checks this script")
+    parser.add_argument("--peers", nargs="*", default=[], choices=list(PEERS),
+                        help="peer rows on the stock pipeline (cache-dit), after this framework's variants")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.merge:
@@ -432,7 +492,8 @@ def main() -> None:
 
     if not args.no_stock:
         outputs[STOCK] = stock = run_stock(backbone, g, steps, device)
-        report["rows"].append({"variant": STOCK, **{k: stock[k] for k in ("total_s", "peak_gib")}})
+        report["rows"].append({"variant": STOCK, **{k: stock[k] for k in ("total_s", "peak_gib", "dit_s", "dit_calls",
+                                                                           "dit_step_s") if k in stock}})
         write()
         if main_process and args.save_latents is not None:
             save_output(stock, args.save_latents, STOCK)
@@ -459,6 +520,21 @@ def main() -> None:
         write()
         if main_process and args.save_latents is not None and name in outputs:
             save_output(outputs[name], args.save_latents, name + suffix)
+    for name in args.peers:  # last: a peer's quantization stays on the shared denoiser
+        row = {"variant": f"peer {name}", "settings": PEERS[name]}
+        try:
+            prepare = with_cache_dit(PEERS[name])
+            row["peer_version"] = f"cache-dit {prepare.version}"
+            if "quantize_config" in PEERS[name]:
+                del prepare.undo  # quantized weights cannot be restored
+            outputs[row["variant"]] = run_stock(backbone, g, steps, device, prepare)
+        except Exception as ex:
+            row["error"] = f"{type(ex).__name__}: {ex}".splitlines()[0][:300]
+        out = outputs.get(row["variant"])
+        report["rows"].append(record(row, out, outputs, refs) if out is not None else row)
+        write()
+        if main_process and args.save_latents is not None and out is not None:
+            save_output(out, args.save_latents, row["variant"])
     if main_process:
         print_table(report)
 
