@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -116,3 +117,13 @@ def sequence_parallel_mesh(degree: int, device: torch.device, node_rank: int = 0
     dist.all_gather_object(node_of_rank, node_rank)
     check_groups_within_nodes(sequence_parallel_groups(mesh, degree, world), node_of_rank)
     return None if mesh is None else mesh["ring", "ulysses"]
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every rank's `value` in rank order (torch.distributed's all_gather_object); `[value]` when no process group
+    is initialised or it holds one rank."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out

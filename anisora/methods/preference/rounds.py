@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
+from anisora.accelerators.distributed import gather_objects
 from anisora.backbones.base import Conditioning
 from anisora.config.errors import ConfigError
 from anisora.config.schema import RLConfig
@@ -43,16 +43,6 @@ log = logging.getLogger("anisora.rl")
 def seed_of(*parts: int) -> int:
     """One seed from several integers (a sample's seed, the round, the rollout or update index)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
-def gather_objects(value: Any) -> list[Any]:
-    """Every rank's `value` in rank order (torch.distributed's all_gather_object); `[value]` when no process group
-    is initialised or it holds one rank."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [value]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, value)
-    return out
 
 
 def round_share(count: int, rank: int, world: int) -> slice:
