@@ -5,13 +5,16 @@ launch fail in one line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -38,20 +41,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def two_nodes(program: list[str], nproc: int, timeout: float = 180) -> list[str]:
+def two_nodes(program: list[str], nproc: int, timeout: float = 180, kill_when=None) -> list[str]:
     """Launch `program` as two torchrun "nodes" of `nproc` processes each on localhost; the first hosts the c10d
-    store. Returns each launch's combined output."""
+    store. Returns each launch's combined output. With `kill_when`, both launches are SIGKILLed (whole process
+    groups, as a pre-empted job) once it returns True, and their exit codes are not checked."""
     endpoint, run_id = f"127.0.0.1:{free_port()}", f"t{os.getpid()}{free_port()}"
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     launch = [*TORCHRUN, "--nnodes", "2", "--nproc-per-node", str(nproc), "--rdzv-backend", "c10d",
               "--rdzv-endpoint", endpoint, "--rdzv-id", run_id, "--max-restarts", "0"]
     procs = [subprocess.Popen([*launch, "--rdzv-conf", f"is_host={int(n == 0)}", *program], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for n in (0, 1)]
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=kill_when is not None) for n in (0, 1)]
+    if kill_when is not None:
+        deadline = time.time() + timeout
+        while time.time() < deadline and all(p.poll() is None for p in procs) and not kill_when():
+            time.sleep(0.002)
+        kill_launched(procs, program)
+        return [p.communicate()[0] for p in procs]
     outputs = [p.communicate(timeout=timeout)[0] for p in procs]
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-4000:]
     return outputs
+
+
+def kill_launched(procs: list[subprocess.Popen], program: list[str]) -> None:
+    """SIGKILL the launches and their workers (torch elastic starts each worker in a session of its own, so the
+    launch's process group does not hold them): every process whose command line is `program`'s."""
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+    marker = "\0".join(program[-2:]).encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ProcessLookupError):
+                if marker in (entry / "cmdline").read_bytes():
+                    os.kill(int(entry.name), signal.SIGKILL)
 
 
 def trained_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -76,6 +101,41 @@ def test_ddp_over_two_torchrun_nodes_matches_one_process(tmp_path):
         torch.testing.assert_close(nodes[key], reference[key], atol=2e-5, rtol=1e-4, msg=key)
     assert max((nodes[k] - reference[k]).abs().max().item() for k in reference) < 2e-5
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]  # no temporaries left
+
+
+def weights_at(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == step
+    return {k: v for k, v in state["state_dict"].items() if k.startswith("backbone.denoiser.")}
+
+
+def test_a_killed_two_node_run_resumes_exactly_and_its_checkpoint_loads_on_one_node(tmp_path):
+    """Same node count: killed after a mid-run checkpoint, ckpt_path=last continues to the weights of the
+    uninterrupted run. Another node count (DDP's full checkpoint): weights, optimizer and step load and it trains on."""
+    steps = [o for o in RUN if not o.startswith("trainer.max_steps")] + [
+        "trainer.max_steps=8", "callbacks.checkpoint_every_n_steps=2"]
+    nodes = ["strategy=ddp", "accelerator.num_nodes=2", "accelerator.devices=1", "data.batch_size=2"]
+    straight = tmp_path / "straight" / "train" / "run"
+    two_nodes(["train.py", *steps, *nodes, f"paths.log_dir={tmp_path / 'straight'}", f"hydra.run.dir={straight}"], 1)
+    runs = tmp_path / "nodes" / "train"  # where ckpt_path=last looks: <paths.log_dir>/train
+    killed = [*nodes, f"paths.log_dir={tmp_path / 'nodes'}"]
+    mid_run = {"step000004.ckpt", "step000006.ckpt"}  # last.ckpt exists by then
+    two_nodes(["train.py", *steps, *killed, f"hydra.run.dir={runs / 'first'}"], 1,
+              kill_when=lambda: bool(mid_run & {p.name for p in (runs / "first" / "checkpoints").glob("*.ckpt")}))
+    start = runs / "first" / "checkpoints" / "last.ckpt"
+    stopped_at = torch.load(start, map_location="cpu", weights_only=False)["global_step"]
+    assert 2 <= stopped_at < 8, "the run was not interrupted"
+    two_nodes(["train.py", *steps, *killed, "ckpt_path=last", f"hydra.run.dir={runs / 'resumed'}"], 1)
+    reference, resumed = weights_at(straight, 8), weights_at(runs / "resumed", 8)
+    assert reference.keys() == resumed.keys() and reference
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], atol=2e-5, rtol=1e-4, msg=key)
+    other = run_entry("train.py", *steps, "data.batch_size=4", f"ckpt_path={start}", log_dir=tmp_path / "other",
+                      run_dir=tmp_path / "other" / "run")
+    assert other.returncode == 0, other.stderr[-4000:]
+    moved = weights_at(tmp_path / "other" / "run", 8)  # the step count went on from the checkpoint's
+    before = torch.load(start, map_location="cpu", weights_only=False)["state_dict"]
+    assert any(not torch.equal(moved[k], before[k]) for k in moved)
 
 
 MESH_SCRIPT = textwrap.dedent("""
