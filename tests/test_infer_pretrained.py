@@ -100,8 +100,15 @@ def test_folder_without_vae_fails_at_once_naming_it(tmp_path, wan_folders):
     assert list_files(tmp_path / "outputs") == []
 
 
-def test_infer_cogvideox5b_folder_writes_a_video(tmp_path, wan_folders):
+def test_infer_cogvideox5b_folder_matches_the_stock_pipeline(tmp_path, wan_folders):
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDPMScheduler,
+        CogVideoXImageToVideoPipeline,
+        CogVideoXTransformer3DModel,
+    )
     from test_cogvideox import TINY, save_folder
+    from transformers import AutoTokenizer, T5EncoderModel
 
     from anisora.backbones.cogvideox import CogVideoXSpec, build_random_cogvideox
 
@@ -110,12 +117,29 @@ def test_infer_cogvideox5b_folder_writes_a_video(tmp_path, wan_folders):
     common = ["model=cogvideox5b", f"ckpt={folder}", "accelerator=cpu", "size.num_frames=9", "size.height=32",
               "size.width=32", "sampler.num_steps=2", "model.max_sequence_length=16",
               "prompt=a red slime moves left across the meadow"]
-    result = run_entry("infer.py", *common, f"guide.frames=[{wan_folders / 'first.png'}]",
-                       log_dir=tmp_path / "outputs")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert any(str(f).endswith("clip00.mp4") for f in list_files(tmp_path / "outputs"))
-    # two guides in one latent frame cannot both be encoded one at a time into their slots
+    run_dir = tmp_path / "outputs" / "run"
     image = wan_folders / "first.png"
+    # the stock pipeline encodes the negative prompt "" (AniSora V1's default: zero embeddings)
+    result = run_entry("infer.py", *common, f"guide.frames=[{image}]", "out.frames=png", "model.empty_prompt=encode",
+                       log_dir=tmp_path / "outputs", run_dir=run_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (run_dir / "videos" / "clip00.mp4").is_file()
+    mine, record = our_frames(run_dir)
+    pipe = CogVideoXImageToVideoPipeline(
+        tokenizer=AutoTokenizer.from_pretrained(folder / "tokenizer"),
+        text_encoder=T5EncoderModel.from_pretrained(folder / "text_encoder"),
+        vae=AutoencoderKLCogVideoX.from_pretrained(folder / "vae"),
+        transformer=CogVideoXTransformer3DModel.from_pretrained(folder / "transformer"),
+        scheduler=CogVideoXDPMScheduler.from_pretrained(folder / "scheduler"))  # sampler=cogvideox_dpm
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(image=Image.open(image).convert("RGB"), prompt=record["prompt"], negative_prompt="", height=32,
+               width=32, num_frames=9, num_inference_steps=2, guidance_scale=6.0, use_dynamic_cfg=True,
+               max_sequence_length=16, generator=torch.Generator().manual_seed(record["seed"]),
+               output_type="np").frames[0]
+    theirs = np.round(np.clip(out, 0, 1) * 255).astype(np.int16)
+    assert mine.shape == theirs.shape == (9, 32, 32, 3)
+    assert np.abs(mine.astype(np.int16) - theirs).max() <= 1  # equal up to rounding at quantisation
+    # two guides in one latent frame cannot both be encoded one at a time into their slots
     clash = run_entry("infer.py", *common, "guide=keyframes", f"guide.frames=[{{image: {image}, at: 5}}, "
                       f"{{image: {image}, at: 8}}]", log_dir=tmp_path / "clash")
     assert clash.returncode == 2

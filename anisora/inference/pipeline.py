@@ -5,6 +5,8 @@ Training validation, infer.py and evaluate.py all sample through this one functi
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
@@ -37,7 +39,13 @@ def generate_pixels(backbone: BackboneAdapter, prompts: list[str], guide_video: 
     guide_video, guide_mask = guide_video.to(device), guide_mask.to(device)
     _, _, f, h, w = guide_video.shape
     latent_shape = backbone.latent_shape(f, h, w)
-    cond = backbone.conditioning(prompts, guide_video, guide_mask)
+    # one generator per clip: a backbone whose guide latents are drawn (CogVideoX's VAE posterior) draws them
+    # first and the sampler continues it, in the stock pipeline's order, so a seed gives the pipeline's video
+    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    if "generator" in inspect.signature(backbone.conditioning).parameters:
+        cond = backbone.conditioning(prompts, guide_video, guide_mask, generator=generators)
+    else:
+        cond = backbone.conditioning(prompts, guide_video, guide_mask)
     uncond = None
     if spec.guidance_scale != 1.0:
         negative = backbone.encode_prompt([negative_prompt] * len(prompts))
@@ -45,7 +53,8 @@ def generate_pixels(backbone: BackboneAdapter, prompts: list[str], guide_video: 
     if offload_encoders:
         offload(backbone)
     known = backbone.known_latents(guide_video, guide_mask) if spec.replace_known else None
-    latents = sample(backbone, cond, uncond, latent_shape, seeds, spec, progress=progress, known=known)
+    latents = sample(backbone, cond, uncond, latent_shape, seeds, spec, progress=progress, known=known,
+                     generators=generators)
     return backbone.decode_latents(latents, num_frames=f)
 
 
