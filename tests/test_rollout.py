@@ -79,3 +79,16 @@ def test_one_cfg_function():
     c, u = torch.randn(3), torch.randn(3)
     torch.testing.assert_close(guided(c, u, 1.0), c)
     torch.testing.assert_close(guided(c, u, 5.0), u + 5.0 * (c - u))
+
+
+def test_the_guide_conditioning_changes_the_samples_without_latent_replacement():
+    """With guided latents not re-imposed, the guide reaches the samples through the conditioning alone: a sampler
+    that dropped it would give the same latents for two different guides."""
+    bb, cond, uncond, shape, _ = setup()
+    other = bb.conditioning(["a red slime moves left", "a blue block moves up"], torch.zeros(2, 3, 5, 8, 8),
+                            cond.guide.new_zeros(2, 5, 8, 8))
+    spec = SamplerSpec(name="euler", num_steps=2, guidance_scale=1.0, replace_known=False)
+    with torch.no_grad():
+        guided_out = rollout(bb, cond, None, shape, spec, seeds=[0, 1]).latents
+        unguided = rollout(bb, other, None, shape, spec, seeds=[0, 1]).latents
+    assert (guided_out - unguided).abs().mean() > 1e-3

@@ -50,6 +50,7 @@ def test_backbone_wires_wan_i2v_channels_and_denoises():
     assert cond.guide[:, :4, 0].eq(1).all() and cond.guide[:, :4, 1:].eq(0).all()
     out = bb.denoise(torch.randn(2, bb.latent_channels, 3, 8, 8), torch.tensor([500.0, 10.0]), cond)
     assert out.shape == (2, bb.latent_channels, 3, 8, 8) and torch.isfinite(out).all()
+    assert out.std() > 1e-3 and not torch.allclose(out[0], out[1])  # a prediction, not a constant
 
 
 def test_prompt_embeddings_are_zero_past_each_prompt():
