@@ -56,6 +56,12 @@ SMOKE = {"num_layers": 1, "text_layers": 1, "clip_layers": 1, "vae_base_dim": 8,
          "text_kv": 8, "vae_block_out_channels": [8, 8, 8, 8], "vae_layers_per_block": 1, "vae_norm_num_groups": 2}
 
 
+def weights_dtype(device: torch.device, smoke: bool) -> torch.dtype:
+    """bf16, as the models run on accelerators; a smoke run on the CPU takes fp32, since bf16 convolutions on
+    CPUs without bf16 instructions (AVX2-only hosts) take minutes where fp32 takes seconds."""
+    return torch.float32 if smoke and device.type == "cpu" else torch.bfloat16
+
+
 def build(name: str, device: torch.device, smoke: bool = False):
     """Random weights, created directly on the GPU in bf16 (Wan's VAE in fp32; CogVideoX's as its config says)."""
     from omegaconf import OmegaConf
@@ -64,7 +70,8 @@ def build(name: str, device: torch.device, smoke: bool = False):
     model = OmegaConf.to_container(cfg.get("model", cfg))
     if smoke:  # the same code path at toy sizes, to check this script on a CPU
         model.update({k: v for k, v in SMOKE.items() if k in model and model[k] is not None})
-    with torch.device(device), default_dtype(torch.bfloat16):
+    dtype = weights_dtype(device, smoke)
+    with torch.device(device), default_dtype(dtype):
         if name.startswith("wan"):
             from anisora.backbones.wan_loading import WanSpec, build_random_wan
 
@@ -75,7 +82,7 @@ def build(name: str, device: torch.device, smoke: bool = False):
             from anisora.backbones.cogvideox import build as build_cogvideox
 
             skip = ("kind", "init", "objective", "native", "offload_encoders", "lora", "defaults", "_target_", "ckpt")
-            backbone = build_cogvideox(dtype=torch.bfloat16, **{k: v for k, v in model.items() if k not in skip})
+            backbone = build_cogvideox(dtype=dtype, **{k: v for k, v in model.items() if k not in skip})
     return backbone.eval()
 
 
@@ -116,7 +123,8 @@ def warm_up_stages(backbone, g: torch.Tensor, m: torch.Tensor) -> None:
     backbone.encode_prompt([PROMPT, ""])
     backbone.encode_image(g, m)
     backbone.condition(g, m)
-    latents = torch.zeros(1, *backbone.latent_shape(f, h, w), device=g.device, dtype=torch.bfloat16)
+    latents = torch.zeros(1, *backbone.latent_shape(f, h, w), device=g.device,
+                          dtype=next(backbone.denoiser.parameters()).dtype)
     backbone.decode_latents(latents)
 
 
@@ -134,7 +142,7 @@ def run_model(name: str, steps: int, device: torch.device, stock: bool = False, 
     image, row["image_encode_s"], row["image_encode_peak_gib"] = timed(device, backbone.encode_image, g, m)
     guide, row["vae_encode_s"], row["vae_encode_peak_gib"] = timed(device, backbone.condition, g, m)
     offload(backbone)
-    dtype = torch.bfloat16
+    dtype = next(backbone.denoiser.parameters()).dtype
     image = None if image is None else image.to(dtype)
     cond = Conditioning(text=text[:1].to(dtype), guide=guide.to(dtype), image=image)
     uncond = Conditioning(text=text[1:].to(dtype), guide=cond.guide, image=cond.image)
