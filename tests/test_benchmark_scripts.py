@@ -7,9 +7,12 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import ROOT
 from torch import nn
+
+pytestmark = pytest.mark.slow  # each runs a benchmark script end to end: minutes on 2 cores
 
 
 def run_script(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:

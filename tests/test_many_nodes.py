@@ -109,6 +109,7 @@ def weights_at(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state["state_dict"].items() if k.startswith("backbone.denoiser.")}
 
 
+@pytest.mark.slow
 def test_a_killed_two_node_run_resumes_exactly_and_its_checkpoint_loads_on_one_node(tmp_path):
     """Same node count: killed after a mid-run checkpoint, ckpt_path=last continues to the weights of the
     uninterrupted run. Another node count (DDP's full checkpoint): weights, optimizer and step load and it trains on."""

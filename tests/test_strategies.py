@@ -208,6 +208,7 @@ def test_sequence_parallel_without_ddp_fails_in_one_line(tmp_path):
 
 
 @pytest.mark.skipif(not HAS_DEEPSPEED, reason=NO_DEEPSPEED)
+@pytest.mark.slow
 def test_deepspeed_zero2_trains_on_cpu_and_matches_one_process(single):
     tmp, reference = single
     zero2 = train(tmp, "zero2", "strategy=deepspeed_zero2", "data.batch_size=4")
