@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import pytest
 from conftest import kill_when
 from curate_helpers import curate_cli
 
@@ -15,6 +16,7 @@ def parts(out):
     return [p for p in (out / "parts").glob("*.json") if not p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_killed_curation_resumes_to_the_same_manifest(tmp_path):
     folder = tmp_path / "in"
     make_corpus(folder, videos=10, shots_per_video=6, seed=3)

@@ -124,6 +124,7 @@ def test_consistency_and_guidance_distillation_train_the_student_only(tmp_path, 
     assert np.isfinite(float(run.trainer.callback_metrics["train/loss"]))
 
 
+@pytest.mark.slow
 def test_dmd_resumes_every_role_exactly_after_a_kill_and_samples_in_infer(tmp_path, teacher):
     steps = 12  # student_every=1: two optimizer steps (student, critic) per batch; killed after step 8
     runs = killed_and_resumed(tmp_path, distill("tiny_dmd", teacher, f"trainer.max_steps={steps}",

@@ -106,6 +106,7 @@ def encode_cli(manifest: Path, out: Path, logs: Path) -> list[str]:
             "accelerator=cpu", "shard_max_samples=2", "progress=false", f"paths.log_dir={logs}", *MODEL]
 
 
+@pytest.mark.slow
 def test_killed_encode_reruns_to_byte_identical_shards(backbone, tmp_path):
     manifest = export_world(tmp_path / "src", WORLD, seed=0, count=80, clips_per_file=16)
     model = OmegaConf.to_container(compose("encode", MODEL).model, resolve=True)

@@ -108,6 +108,7 @@ RESUME = [*TINY, *LORA, f"trainer.max_steps={STEPS}", "callbacks.checkpoint_ever
           "trainer.val_every_n_steps=8", "trainer.log_every_n_steps=4", "optimizer.warmup_steps=4", "logger=none"]
 
 
+@pytest.mark.slow
 def test_killed_lora_run_resumes_to_the_same_adapters(tmp_path):
     runs = killed_and_resumed(tmp_path, RESUME, STEPS)
     weights = assert_same_last_checkpoints(runs["full"], runs["resumed"], STEPS)

@@ -143,6 +143,7 @@ def test_bad_urls_fail_in_one_line(tmp_path, shards):
     assert list_files(tmp_path / "logs") == []
 
 
+@pytest.mark.slow
 def test_train_from_shards_resumes_exactly(shards, tmp_path):
     urls = f"data.urls='{Path(shards['big'][0]).parent}/{{000000..000005}}.tar'"
     full = run_entry("train.py", *COMMON, urls, log_dir=tmp_path / "full", run_dir=tmp_path / "full" / "train" / "run")

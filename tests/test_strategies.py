@@ -172,6 +172,7 @@ def test_fsdp_on_cpu_wraps_each_block_and_matches_one_process(single):
     assert not any("_fsdp_wrapped_module" in k for k in fsdp)  # a full state dict, loadable without FSDP
 
 
+@pytest.mark.slow
 def test_ema_role_under_fsdp_on_two_processes_matches_one_process(tmp_path):
     """The EMA role is a copy FSDP shards like the denoiser it follows: each rank averages its own shard, and the
     gathered EMA equals one process's."""
@@ -187,6 +188,7 @@ def test_ema_role_under_fsdp_on_two_processes_matches_one_process(tmp_path):
         torch.testing.assert_close(fsdp[key].float(), reference[key].float(), atol=2e-5, rtol=1e-4, msg=key)
 
 
+@pytest.mark.slow
 def test_sequence_parallel_over_two_ranks_matches_one_process(single):
     """Both ranks split each of the same 4 clips' token sequence (Ulysses over the 2 heads): the weights after
     2 steps equal one process training on those 4 clips."""

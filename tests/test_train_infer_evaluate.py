@@ -90,6 +90,7 @@ def test_infer_from_a_guide_image_and_prompt(trained, tmp_path):
     assert (run_dir / "guides" / "clip00_frame0000.png").is_file()
 
 
+@pytest.mark.slow
 def test_infer_with_composed_speedups_and_refusal_of_one_this_device_cannot_run(trained, tmp_path):
     run_dir = tmp_path / "fast"
     out = run_entry("infer.py", "accelerator=cpu", "num_clips=1", "sampler.num_steps=3", "speedup=[compile,taylorseer]",
@@ -106,6 +107,7 @@ def test_infer_with_composed_speedups_and_refusal_of_one_this_device_cannot_run(
         assert list_files(trained["log_dir"]) == before
 
 
+@pytest.mark.slow
 def test_infer_splits_one_video_over_two_processes_with_the_same_frames(trained, tmp_path):
     common = ["accelerator=cpu", "num_clips=1", "sampler.num_steps=3", "out.frames=png", "out.contact_sheet=false"]
     single = run_entry("infer.py", *common, log_dir=trained["log_dir"], run_dir=tmp_path / "single")
