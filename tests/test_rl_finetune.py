@@ -58,7 +58,6 @@ def test_a_killed_run_resumes_exactly(tmp_path, start):
     assert {"reward", "direction_correct", "speed_score", "guide_psnr", "temporal_flickering"} <= set(history[0])
 
 
-@pytest.mark.slow
 def test_offline_gapo_from_a_pairs_file_then_infer_and_evaluate_read_it(tmp_path, start):
     from anisora.data.synthetic import WorldConfig, make_clip
 
