@@ -145,16 +145,16 @@ PEERS = {"cache_dit": {"cache_config": CACHE_DIT},
          "cache_dit_fp8": {"cache_config": CACHE_DIT, "quantize_config": {"quant_type": "float8_per_row"}}}
 
 
-def with_cache_dit(settings: dict):
-    """A `prepare` for run_stock: cache-dit's hooks on the pipeline (and its quantization, which stays)."""
+def cache_dit_hooks(settings: dict):
+    """(prepare, undo) for run_stock: cache-dit's hooks on the pipeline (with its quantization, if `settings`
+    asks for it, which stays: undo is None then), and cache-dit's version."""
     import cache_dit
 
     def prepare(pipe) -> None:
         cache_dit.enable_cache(pipe, **cache_dit.load_configs(settings))
 
-    prepare.undo = cache_dit.disable_cache  # type: ignore[attr-defined]
-    prepare.version = cache_dit.__version__  # type: ignore[attr-defined]
-    return prepare
+    undo = None if "quantize_config" in settings else cache_dit.disable_cache
+    return prepare, undo, cache_dit.__version__
 
 
 def dit_timer(module: torch.nn.Module, device: torch.device):
@@ -178,8 +178,8 @@ def dit_timer(module: torch.nn.Module, device: torch.device):
     return events, handles
 
 
-def run_stock(backbone, g: torch.Tensor, steps: int, device: torch.device, prepare=None) -> dict:
-    """diffusers' own pipeline over the same components (with a peer's `prepare` applied to it, if given); the
+def run_stock(backbone, g: torch.Tensor, steps: int, device: torch.device, prepare=None, undo=None) -> dict:
+    """diffusers' own pipeline over the same components (a peer's `prepare` applied before, `undo` after); the
     final latents are caught at the last step, and the DiT's own time per step is summed from CUDA events."""
     from diffusers import CogVideoXImageToVideoPipeline, UniPCMultistepScheduler, WanImageToVideoPipeline
 
@@ -219,8 +219,8 @@ def run_stock(backbone, g: torch.Tensor, steps: int, device: torch.device, prepa
     finally:
         for handle in handles:
             handle.remove()
-        if prepare is not None and hasattr(prepare, "undo"):
-            prepare.undo(pipe)
+        if undo is not None:
+            undo(pipe)
     frames = out.frames.float().cpu().permute(0, 2, 1, 3, 4)  # (B, F, C, H, W) -> (B, C, F, H, W)
     latents = caught["latents"].float().cpu()
     if backbone.dit_layout == "BTCHW":
@@ -523,11 +523,9 @@ def main() -> None:
     for name in args.peers:  # last: a peer's quantization stays on the shared denoiser
         row = {"variant": f"peer {name}", "settings": PEERS[name]}
         try:
-            prepare = with_cache_dit(PEERS[name])
-            row["peer_version"] = f"cache-dit {prepare.version}"
-            if "quantize_config" in PEERS[name]:
-                del prepare.undo  # quantized weights cannot be restored
-            outputs[row["variant"]] = run_stock(backbone, g, steps, device, prepare)
+            prepare, undo, version = cache_dit_hooks(PEERS[name])
+            row["peer_version"] = f"cache-dit {version}"
+            outputs[row["variant"]] = run_stock(backbone, g, steps, device, prepare, undo)
         except Exception as ex:
             row["error"] = f"{type(ex).__name__}: {ex}".splitlines()[0][:300]
         out = outputs.get(row["variant"])

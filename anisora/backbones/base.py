@@ -138,8 +138,10 @@ class BackboneAdapter(nn.Module, ABC):
         check_clip_shape(num_frames, height, width, self.temporal_factor, self.spatial_factor, self.patch_size[1],
                          prefix)
 
-    def conditioning(self, prompts: list[str], guide_video: torch.Tensor, guide_mask: torch.Tensor) -> Conditioning:
-        """All conditioning for a batch in one call."""
+    def conditioning(self, prompts: list[str], guide_video: torch.Tensor, guide_mask: torch.Tensor,
+                     generator: torch.Generator | list[torch.Generator] | None = None) -> Conditioning:
+        """All conditioning for a batch in one call. `generator` (one, or one per sample) is for backbones whose
+        guide latents are drawn rather than encoded deterministically (CogVideoX's VAE posterior); unused here."""
         return Conditioning(
             text=self.encode_prompt(prompts),
             guide=self.condition(guide_video, guide_mask),

@@ -134,11 +134,16 @@ def check_dimensions(data: RewardData, dimensions: Sequence[str], key: str) -> N
                                f"{', '.join(sorted(labelled)) or 'nothing'}")
 
 
+def finite_scores(data: RewardData, dimension: str) -> np.ndarray:
+    """The clips' scores of one dimension, unscored clips left out."""
+    return np.array([c.scores[dimension] for c in data.clips if math.isfinite(c.scores.get(dimension, math.nan))])
+
+
 def score_stats(data: RewardData, dimensions: Sequence[str]) -> tuple[list[float], list[float]]:
     """Mean and standard deviation of each dimension's scores (1 where constant or unscored)."""
     means, stds = [], []
     for d in dimensions:
-        values = np.array([c.scores[d] for c in data.clips if math.isfinite(c.scores.get(d, math.nan))])
+        values = finite_scores(data, d)
         means.append(float(values.mean()) if len(values) else 0.0)
         std = float(values.std()) if len(values) > 1 else 0.0
         stds.append(std if std > 1e-8 else 1.0)
@@ -149,9 +154,9 @@ def score_range(data: RewardData, dimensions: Sequence[str]) -> tuple[list[float
     """The lowest and highest score of each dimension (-inf and inf where unscored)."""
     lows, highs = [], []
     for d in dimensions:
-        values = [c.scores[d] for c in data.clips if math.isfinite(c.scores.get(d, math.nan))]
-        lows.append(float(min(values)) if values else -math.inf)
-        highs.append(float(max(values)) if values else math.inf)
+        values = finite_scores(data, d)
+        lows.append(float(values.min()) if len(values) else -math.inf)
+        highs.append(float(values.max()) if len(values) else math.inf)
     return lows, highs
 
 

@@ -5,8 +5,6 @@ Training validation, infer.py and evaluate.py all sample through this one functi
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import torch
 
@@ -42,10 +40,7 @@ def generate_pixels(backbone: BackboneAdapter, prompts: list[str], guide_video: 
     # one generator per clip: a backbone whose guide latents are drawn (CogVideoX's VAE posterior) draws them
     # first and the sampler continues it, in the stock pipeline's order, so a seed gives the pipeline's video
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-    if "generator" in inspect.signature(backbone.conditioning).parameters:
-        cond = backbone.conditioning(prompts, guide_video, guide_mask, generator=generators)
-    else:
-        cond = backbone.conditioning(prompts, guide_video, guide_mask)
+    cond = backbone.conditioning(prompts, guide_video, guide_mask, generator=generators)
     uncond = None
     if spec.guidance_scale != 1.0:
         negative = backbone.encode_prompt([negative_prompt] * len(prompts))
