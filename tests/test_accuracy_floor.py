@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import run_entry
 
+pytestmark = pytest.mark.slow  # a 400-step training run and two evaluations: over a minute on 2 cores
+
 EVAL = ["accelerator=cpu", "logger=none", "num_clips=32", "sampler.num_steps=10"]
 
 

@@ -139,6 +139,7 @@ def test_every_tiny_preset_runs_and_the_offline_wandb_runs_hold_metrics_tables_a
     assert len(table["data"]) == 2 and {"video", "speed_error", "temporal_flickering"} <= set(table["columns"])
 
 
+@pytest.mark.slow
 def test_a_three_trial_optuna_sweep_records_a_diverged_trial_as_failed_and_writes_best_params_and_plots(tmp_path):
     """The study is created in the sweep's SQLite file first, with its three trials queued (the second diverges at
     lr 1e30); the sweep loads it, as a resumed sweep would, runs them and goes on past the failure."""

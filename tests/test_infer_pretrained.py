@@ -76,8 +76,10 @@ def test_infer_wan13b_text_to_video_matches_the_stock_pipeline(tmp_path, wan_fol
     [
         (["model=tiny"], "is a model folder; name its family, e.g. model=wan14b"),
         (["model=wan14b"], "error: guide.frames: an image-to-video model needs guide images"),
-        (["model=wan14b", "size.num_frames=8", "guide.frames=[FIRST]"], "error: size.num_frames: must be 4n+1"),
-        (["model=wan14b", "size.height=40", "guide.frames=[FIRST]"], "error: size.height: must be a positive multiple"),
+        pytest.param(["model=wan14b", "size.num_frames=8", "guide.frames=[FIRST]"],
+                     "error: size.num_frames: must be 4n+1", marks=pytest.mark.slow),
+        pytest.param(["model=wan14b", "size.height=40", "guide.frames=[FIRST]"],
+                     "error: size.height: must be a positive multiple", marks=pytest.mark.slow),
     ],
 )
 def test_bad_folder_requests_fail_before_loading(tmp_path, wan_folders, overrides, expected):

@@ -85,6 +85,7 @@ def trained_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state["state_dict"].items() if k.startswith("backbone.denoiser.")}
 
 
+@pytest.mark.slow
 def test_ddp_over_two_torchrun_nodes_matches_one_process(tmp_path):
     """2 nodes x 1 process x batch 2 = the same 4 clips per step as one process with batch 4."""
     single = run_entry("train.py", *RUN, "data.batch_size=4", log_dir=tmp_path / "one",
@@ -156,6 +157,7 @@ MESH_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sequence_parallel_groups_of_a_two_by_two_launch_stay_inside_a_node(tmp_path):
     script = tmp_path / "mesh.py"
     script.write_text(MESH_SCRIPT)
@@ -198,6 +200,7 @@ def test_shards_split_by_global_rank_over_nodes_cover_every_shard_once(nodes, pe
         assert readers[rank] == readers[rank - rank % sp]
 
 
+@pytest.mark.slow
 def test_encode_over_two_torchrun_nodes_writes_every_shard_once(tmp_path):
     from anisora.data.manifest import read_manifest
     from anisora.data.shard_format import decode_sample, read_tar

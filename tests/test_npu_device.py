@@ -270,6 +270,7 @@ def test_npu_run_resumed_with_ckpt_path_last_matches_the_cpu_run(runs):
     assert saved_on_npu(runs["resumed"] / "checkpoints" / "step000004.ckpt")
 
 
+@pytest.mark.slow
 def test_shard_training_on_the_npu_parks_frozen_encoders_on_the_cpu(npu_env, tmp_path):
     """data=shards: the DiT trains on the device while the frozen text encoder waits on the CPU; validation
     borrows it (samples are written) and the checkpoint records each part where it lived."""
@@ -303,6 +304,7 @@ def test_shard_training_on_the_npu_parks_frozen_encoders_on_the_cpu(npu_env, tmp
     assert denoiser and set(denoiser.values()) == {"npu:0"}
 
 
+@pytest.mark.slow
 def test_ddp_over_two_npu_processes_matches_one_cpu_process(npu_env, tmp_path):
     """strategy=ddp on npu:0 and npu:1 (NPUDDPStrategy, "hccl": the stand-in's collectives over gloo), batch 2
     per rank, reaches after 2 steps the weights one CPU process reaches with batch 4 on the same clips: the

@@ -33,6 +33,7 @@ def start(tmp_path_factory):
     return log_dir / "train" / "run" / "checkpoints" / "last.ckpt"
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_exactly(tmp_path, start):
     args = [*RL, f"ckpt={start}"]
     full = run_entry("rl_finetune.py", *args, log_dir=tmp_path / "full", run_dir=tmp_path / "full" / "run")
@@ -84,6 +85,7 @@ def test_offline_gapo_from_a_pairs_file_then_infer_and_evaluate_read_it(tmp_path
     assert json.loads((tmp_path / "evaluate" / "run" / "metrics.json").read_text())["num_clips"] == 2
 
 
+@pytest.mark.slow
 def test_a_round_over_two_ranks_rolls_out_each_prompt_once_and_rank_zero_alone_writes(tmp_path, start):
     """Two torchrun "nodes" of one process each (gloo): the round's 2 prompts split one per rank, both ranks gather
     the same score table (the digest each logs), the logged round metrics are the whole round's, and only global

@@ -129,8 +129,9 @@ def test_infer_splits_one_video_over_two_processes_with_the_same_frames(trained,
         in out.stderr
 
 
-@pytest.mark.parametrize("guide", ["guide=last", "guide=mid", "guide=keyframes guide.indices=[0,2,-1]",
-                                   "guide=region guide.mask=MASK", "guide=flf2v motion_score=3"])
+@pytest.mark.parametrize("guide", ["guide=last", pytest.param("guide=mid", marks=pytest.mark.slow),
+                                   "guide=keyframes guide.indices=[0,2,-1]", "guide=region guide.mask=MASK",
+                                   pytest.param("guide=flf2v motion_score=3", marks=pytest.mark.slow)])
 def test_every_guide_mode_runs_from_the_command_line(trained, tmp_path, guide):
     keep = np.zeros((16, 16, 3), np.uint8)
     keep[:, :8] = 255
