@@ -371,16 +371,34 @@ def save_output(output: dict, folder: Path, variant: str) -> None:
     torch.save(output["frames"].half(), folder / f"{stem(variant)}.frames.pt")
 
 
-def merge(paths: list[Path], out_path: Path) -> None:
+def check_same_setup(first: dict, other: dict, flag: str) -> None:
+    """Runs joined in one table must share model, clip, steps and the seeded weights."""
+    for key in ("model", "clip", "steps", "weights_checksum"):
+        if other.get(key) != first.get(key):
+            sys.exit(f"{flag}: {key} differs between the runs ({first.get(key)} vs {other.get(key)})")
+
+
+def versus_peers(report: dict, ours: dict) -> None:
+    """Each peer row gets `ours_speedup`: its total time over each of this framework's rows in `ours` (another
+    results file of the same setup), beside that row's PSNR to stock, so a table can quote the ratio to each."""
+    check_same_setup(report, ours, "--versus")
+    mine = [row for row in ours["rows"] if "total_s" in row and row["variant"] != STOCK
+            and not row["variant"].startswith("peer ")]
+    for row in report["rows"]:
+        if row["variant"].startswith("peer ") and "total_s" in row:
+            row["ours_speedup"] = {m["variant"]: row["total_s"] / m["total_s"] for m in mine}
+            row["ours_psnr_to_stock_db"] = {m["variant"]: m["psnr_to_stock_db"] for m in mine
+                                            if "psnr_to_stock_db" in m}
+
+
+def merge(paths: list[Path], out_path: Path, versus: Path | None = None) -> None:
     """Join the rows of runs made side by side into one report; rows that have no fidelity to stock or to
     `none` yet get it from the outputs the runs saved (--save-latents). The runs must share model, clip,
-    steps and weights."""
+    steps and weights. With `versus`, peer rows are also compared with this framework's rows there."""
     reports = [json.loads(p.read_text()) for p in paths]
     first = reports[0]
     for other in reports[1:]:
-        for key in ("model", "clip", "steps", "weights_checksum"):
-            if other.get(key) != first.get(key):
-                sys.exit(f"--merge: {key} differs between the runs ({first.get(key)} vs {other.get(key)})")
+        check_same_setup(first, other, "--merge")
     commands = [c for r in reports for c in r.get("commands", [r.get("command")])]  # merged files merge again
     merged = {**first, "commands": commands, "rows": [row for r in reports for row in r["rows"]]}
     merged.pop("command", None)
@@ -404,6 +422,9 @@ def merge(paths: list[Path], out_path: Path) -> None:
             if row["variant"] in saved and row["variant"] not in (STOCK, variant) and f"psnr_to_{label}_db" not in row:
                 row.update(fidelity(load(row["variant"]), ref, label))
     add_ratios(merged)
+    if versus is not None:
+        versus_peers(merged, json.loads(versus.read_text()))
+        merged["versus"] = versus.name  # this framework's rows the peer ratios are against
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(merged, indent=2) + "\n")
     print_table(merged)
@@ -424,6 +445,8 @@ def main() -> None:
                         help="latents another run saved: every row's fidelity to them (decoded here)")
     parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
                         help="join the result files of runs made side by side into --out, then exit")
+    parser.add_argument("--versus", type=Path, default=None, metavar="JSON",
+                        help="with --merge: each peer row's speed ratio to this framework's rows in JSON")
     parser.add_argument("--check-inputs", action="store_true",
                         help="compare the first DiT call of stock and ours input by input, then exit")
     parser.add_argument("--smoke", action="store_true", help="toy sizes on any device: checks this script")
@@ -432,7 +455,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.merge:
-        merge(args.merge, args.out or ROOT / "benchmarks" / "results" / f"infer_{args.model}.json")
+        merge(args.merge, args.out or ROOT / "benchmarks" / "results" / f"infer_{args.model}.json", args.versus)
         return
     references = {}
     for item in args.reference:

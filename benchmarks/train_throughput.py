@@ -105,29 +105,63 @@ def matmul_peak_tflops(device: torch.device, size: int = 8192, repeats: int = 20
 
 
 def attention_kernels(device: torch.device, heads: int, tokens: int, repeats: int = 3) -> list[dict]:
-    """Forward + backward TFLOP/s of each PyTorch SDPA kernel at one Wan self-attention shape (bf16, head dim 128)."""
+    """Forward and forward + backward TFLOP/s of each exact attention kernel at one Wan self-attention shape (bf16,
+    head dim 128): PyTorch SDPA's flash, cuDNN and memory-efficient kernels, and FlashAttention-4 (`flash-attn-4`,
+    CuTe DSL) where it is installed; a kernel that cannot run says why in one line."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    rows = []
-    q, k, v = (torch.randn(1, heads, tokens, 128, device=device, dtype=torch.bfloat16, requires_grad=True)
-               for _ in range(3))
-    flops = 4 * heads * tokens * tokens * 128 * 3.5  # forward 4BHSSD; backward 2.5x (recomputes scores)
-    for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION),
-                          ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
-        try:
+    def sdpa(backend):
+        def run(q, k, v):
             with sdpa_kernel([backend]):
-                for i in range(repeats + 1):
-                    if i == 1:
-                        synchronize(device)
-                        start = time.perf_counter()
-                    torch.nn.functional.scaled_dot_product_attention(q, k, v).sum().backward()
-                synchronize(device)
-            seconds = (time.perf_counter() - start) / repeats
-            rows.append({"kernel": name, "heads": heads, "tokens": tokens, "fwd_bwd_s": seconds,
-                         "tflops": flops / seconds / 1e12})
-        except RuntimeError as ex:
-            rows.append({"kernel": name, "heads": heads, "tokens": tokens, "error": str(ex).splitlines()[0][:200]})
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return run, (1, 2)  # (B, H, S, D)
+
+    kernels = {"flash": sdpa(SDPBackend.FLASH_ATTENTION), "cudnn": sdpa(SDPBackend.CUDNN_ATTENTION),
+               "efficient": sdpa(SDPBackend.EFFICIENT_ATTENTION)}
+    try:
+        from flash_attn.cute import flash_attn_func
+
+        def flash4(q, k, v):
+            out = flash_attn_func(q, k, v)
+            return out[0] if isinstance(out, tuple) else out
+
+        kernels["flash4"] = (flash4, (2, 1))  # (B, S, H, D)
+    except Exception as ex:  # not installed, or its import fails on this stack
+        kernels["flash4"] = (f"{type(ex).__name__}: {ex}".splitlines()[0][:200], None)
+    rows = []
+    for name, (run, layout) in kernels.items():
+        row = {"kernel": name, "heads": heads, "tokens": tokens}
+        try:
+            if layout is None:
+                raise RuntimeError(run)
+            shape = (1, heads, tokens, 128) if layout == (1, 2) else (1, tokens, heads, 128)
+            rows.append({**row, **time_kernel(device, run, shape, heads * tokens * tokens * 128, repeats)})
+        except Exception as ex:
+            rows.append({**row, "error": f"{type(ex).__name__}: {ex}".splitlines()[0][:200]})
     return rows
+
+
+def time_kernel(device: torch.device, run, shape: tuple[int, ...], size: int, repeats: int) -> dict[str, float]:
+    """Forward and forward + backward seconds and TFLOP/s of one attention kernel on random bf16 inputs; `size` is
+    heads x tokens x tokens x head dim."""
+    q, k, v = (torch.randn(shape, device=device, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    forward_flops = 4 * size  # QK^T and PV
+    with torch.no_grad():
+        fwd = timed_repeats(device, lambda: run(q, k, v), repeats)
+    both = timed_repeats(device, lambda: run(q, k, v).sum().backward(), repeats)
+    return {"fwd_s": fwd, "fwd_tflops": forward_flops / fwd / 1e12, "fwd_bwd_s": both,
+            "tflops": forward_flops * 3.5 / both / 1e12}  # backward 2.5x the forward (recomputes the scores)
+
+
+def timed_repeats(device: torch.device, step, repeats: int) -> float:
+    """Seconds per call of `step`, after one untimed call (kernel selection, compilation)."""
+    step()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    synchronize(device)
+    return (time.perf_counter() - start) / repeats
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -395,7 +429,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (kernel selection, allocator)")
     parser.add_argument("--memory-cap-gib", type=float, default=79.0,
                         help="an H100 80GB holds 79 GiB; 0: the whole device")
-    parser.add_argument("--attention", action="store_true", help="also time each SDPA kernel at Wan's shapes")
+    parser.add_argument("--attention", action="store_true", help="also time each attention kernel at Wan's shapes")
+    parser.add_argument("--attention-only", action="store_true", help="only the attention kernel table")
     parser.add_argument("--smoke", action="store_true", help="toy sizes on any device: checks this script")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--recount", nargs="+", type=Path, metavar="JSON",
@@ -422,11 +457,13 @@ def main() -> None:
     header["bf16_matmul_peak_tflops"] = peak
     if rank == 0:
         print(json.dumps(header), flush=True)
-    if args.attention and device.type == "cuda" and rank == 0:
+    if (args.attention or args.attention_only) and device.type == "cuda" and rank == 0:
         header["attention_kernels"] = [r for heads in (12, 40) for r in attention_kernels(device, heads, 32760)]
         for row in header["attention_kernels"]:
             print(json.dumps(row), flush=True)
         (args.out / "train_attention_kernels.json").write_text(json.dumps(header, indent=2) + "\n")
+        if args.attention_only:
+            return
     rows = []
     for name in runs:
         try:
