@@ -1,8 +1,8 @@
 """A reward dataset from the tiny world, a reward model trained on it, and its held-out Spearman and pair accuracy.
 
     python -m benchmarks.reward_data                                  # CPU smoke
-    python -m benchmarks.reward_data --groups 512 --val-groups 64 --steps 3000 --batch-groups 8 --hidden 128 \
-        --width 64 --accelerator gpu                                  # the full run
+    python -m benchmarks.reward_data --groups 1024 --val-groups 64 --steps 4000 --batch-groups 8 --hidden 128 \
+        --width 64 --frames 17 --workers 1                            # the full run (12 minutes on 2 cores)
 
 Each group is one world clip's prompt and first frame with six videos: the truth and five corruptions (wrong
 direction, wrong speed, static, flicker, wrong colour), scored by the ground-truth scorer
@@ -20,6 +20,7 @@ import math
 import subprocess
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ def train(args: argparse.Namespace, train_file: Path, val_file: Path, towers: Pa
     overrides = [f"method.vision={towers}", f"method.train_data={train_file}", f"method.val_data={val_file}",
                  f"method.dimensions=[{','.join(DIMENSIONS)}]", f"method.hidden={args.hidden}",
                  f"method.num_frames={args.frames}", f"method.batch_groups={args.batch_groups}",
+                 f"method.pixel_motion={str(args.pixel_motion).lower()}", f"method.num_workers={args.workers}",
                  f"trainer.max_steps={args.steps}", f"trainer.val_every_n_steps={args.steps}",
                  f"optimizer.lr={args.lr}", f"optimizer.warmup_steps={max(1, args.steps // 20)}",
                  f"accelerator={args.accelerator}", "logger=none", "callbacks.progress_bar=none",
@@ -87,12 +89,16 @@ def held_out(ckpt: Path, val_file: Path, accelerator: str) -> tuple[dict[str, fl
 
 
 def spearman_ceiling(val_file: Path, draws: int = 50) -> dict[str, float]:
-    """Per dimension, the Spearman of a perfect ranking whose ties are broken at random (a regressor's outputs
-    rarely tie): what a model that orders every distinct score rightly reaches when the truth ties a lot."""
+    """Per dimension, two reference Spearmans on the held-out data. `spearman_ceiling`: a perfect ranking whose
+    ties are broken at random (a regressor's outputs rarely tie), what a model that orders every distinct score
+    rightly reaches when the truth ties a lot. `spearman_label_mean`: a model that knows each clip's corruption
+    exactly and predicts its label's mean score, what knowing the corruption alone is worth when the scorer's own
+    per-clip measurement (the tracker's error on a well-made clip) spreads the scores inside a label."""
     from anisora.methods.reward_losses import spearman
 
     data = read_reward_data(val_file, "val")
     truth = np.array([[c.scores.get(d, math.nan) for d in DIMENSIONS] for c in data.clips])
+    labels = np.array([c.label for c in data.clips])
     rng = np.random.default_rng(0)
     out = {}
     for i, d in enumerate(DIMENSIONS):
@@ -100,6 +106,8 @@ def spearman_ceiling(val_file: Path, draws: int = 50) -> dict[str, float]:
         spread = np.nanmax(column) - np.nanmin(column)
         out[f"spearman_ceiling/{d}"] = float(np.mean([
             spearman(column + 1e-9 * spread * rng.random(len(column)), column) for _ in range(draws)]))
+        means = {label: np.nanmean(column[labels == label]) for label in set(labels)}
+        out[f"spearman_label_mean/{d}"] = spearman(np.array([means[label] for label in labels]), column)
     return out
 
 
@@ -111,11 +119,15 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--frames", type=int, default=8, help="frames sampled per clip")
+    parser.add_argument("--pixel-motion", action=argparse.BooleanOptionalAction, default=True,
+                        help="the reward model's motion stream (method.pixel_motion)")
     parser.add_argument("--batch-groups", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=0, help="data loader workers (method.num_workers)")
     parser.add_argument("--width", type=int, default=32, help="tiny CLIP tower width")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "reward_data", help="data, towers and run")
+    parser.add_argument("--result", type=Path, default=RESULTS / "reward_model.json", help="where the row goes")
     parser.add_argument("--ceiling-only", action="store_true",
                         help="only the held-out data's Spearman ceiling (results/reward_ceiling.json)")
     args = parser.parse_args()
@@ -136,16 +148,19 @@ def main() -> None:
     metrics, labels = held_out(ckpt, val_file, args.accelerator)
     metrics.update(spearman_ceiling(val_file))
     passed = all(metrics.get(f"{m}/{d}", -1.0) >= floor for m, floor in TARGETS.items() for d in DIMENSIONS)
-    row = {"groups": args.groups, "val_groups": args.val_groups, "clips_per_group": 6, "steps": args.steps,
-           "towers": f"tiny CLIP, width {args.width}, {args.layers} layers, random init", "data_s": built - start,
+    row = {"date": date.today().isoformat(), "device": args.accelerator,
+           "command": "python -m benchmarks.reward_data " + " ".join(sys.argv[1:]), "groups": args.groups,
+           "val_groups": args.val_groups, "clips_per_group": 6, "steps": args.steps,
+           "towers": f"tiny CLIP, width {args.width}, {args.layers} layers, random init", "frames": args.frames,
+           "pixel_motion": args.pixel_motion, "data_s": built - start,
            "train_s": trained - built, **metrics, "targets_met": passed}
     print_key_values(row)
     for label, means in labels.items():
         print(label, {k: round(v, 3) for k, v in means.items()})
     text = json.dumps({**row, "per_label": labels}, indent=2) + "\n"
     (args.out / "reward_model.json").write_text(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "reward_model.json").write_text(text)
+    args.result.parent.mkdir(parents=True, exist_ok=True)
+    args.result.write_text(text)
 
 
 if __name__ == "__main__":

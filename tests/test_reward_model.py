@@ -57,6 +57,18 @@ def test_spearman_uses_average_ranks_and_pair_accuracy_skips_ties():
     assert math.isnan(spearman(np.ones(3), np.arange(3)))
     assert pair_accuracy(np.array([1.0, -1.0, 2.0, -5.0]), np.array([False, False, False, True])) == \
         pytest.approx(2 / 3)
+    assert pair_accuracy(np.array([1.0, 0.0, -1.0]), np.array([False, False, False])) == pytest.approx(1.5 / 3)
+
+
+def test_regression_is_censored_where_the_score_sits_at_an_end_of_its_range():
+    high, low = torch.tensor([1.0]), torch.tensor([0.0])
+    target = torch.tensor([[1.0], [1.0], [0.5], [0.0]])
+    pred = torch.tensor([[1.5], [0.5], [1.5], [-1.0]], requires_grad=True)
+    loss = regression_loss(pred, target, low, high)
+    # past the top for a clip at the top, past the bottom for one at the bottom: free; the rest as MSE
+    assert float(loss) == pytest.approx((0.0 + 0.25 + 1.0 + 0.0) / 4)
+    loss.backward()
+    assert pred.grad.flatten().tolist() == pytest.approx([0.0, -0.25, 0.5, 0.0])
 
 
 def write_rows(tmp_path, rows):
@@ -150,6 +162,17 @@ def test_reward_predictions_are_clamped_to_the_training_range():
         net.register_buffer(name, torch.tensor(value))
     out = net.scores(torch.tensor([[2.0, 2.0], [-2.0, -2.0], [0.1, 0.1]]))
     assert out.flatten().tolist() == pytest.approx([1.0, 2.5, 0.25, -1.5, 0.6, 0.6])
+
+
+def test_the_motion_stream_reads_each_frame_pairs_mean_absolute_pixel_change():
+    from anisora.rewards.reward_net import pixel_changes
+
+    frames = torch.rand(1, 1, 3, 8, 8).repeat(2, 4, 1, 1, 1)  # two still clips of four frames
+    frames[1, 2:] += 0.25  # the second brightens by 0.25 from its third frame on
+    frames[1, :, :, 0, 0] = torch.tensor([0.0, 0.5, 0.25, 0.25])[:, None]  # and one pixel changes on its own
+    changes = pixel_changes(frames)
+    assert changes[0].tolist() == [0.0, 0.0, 0.0]
+    assert changes[1].tolist() == pytest.approx([0.5 / 64, 0.25, 0.0])  # one pixel of 64; every pixel; none
 
 
 def test_reward_model_settings_and_checkpoints_are_refused_in_one_line(tmp_path, capsys):

@@ -376,6 +376,7 @@ class RewardModelConfig:
     val_fraction: float = bounded(0.2, 0.0, 0.9)
     num_frames: int = bounded(8, 2)  # frames sampled evenly per clip (AnimeReward: 24 of the first 144)
     hidden: int = bounded(256, 1)
+    pixel_motion: bool = True  # a motion stream: mean absolute pixel change per pair of sampled frames
     train_vision: bool = True  # VideoReward trains its vision tower fully
     train_text: bool = True
     pair_loss: str = choice("btt", "bt", "none")  # btt: Bradley-Terry with ties (VideoReward's default)

@@ -42,8 +42,15 @@ def pair_loss(delta: torch.Tensor, tie: torch.Tensor, kind: str, k: float = 5.0)
     raise ValueError(f"pair loss: expected bt or btt, got {kind!r}")
 
 
-def regression_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """MSE over the finite entries of `target` (NaN = unlabelled)."""
+def regression_loss(pred: torch.Tensor, target: torch.Tensor, low: torch.Tensor | None = None,
+                    high: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE over the finite entries of `target` (NaN = unlabelled). With the score range's ends `low` and `high`
+    (per dimension, in the target's units), censored at them: where the target sits at an end, a prediction past
+    that end costs nothing (a clip cannot be more than fully colour-consistent), as the clamped output reports it."""
+    if high is not None:
+        pred = torch.where(target >= high - 1e-5, torch.minimum(pred, high), pred)
+    if low is not None:
+        pred = torch.where(target <= low + 1e-5, torch.maximum(pred, low), pred)
     keep = torch.isfinite(target)
     return F.mse_loss(pred[keep], target[keep]) if keep.any() else pred.sum() * 0.0
 
@@ -77,7 +84,9 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def pair_accuracy(delta: np.ndarray, tie: np.ndarray) -> float:
-    """Share of non-tied pairs whose winner gets the higher reward (delta > 0); NaN without such pairs."""
+    """Share of non-tied pairs whose winner gets the higher reward (delta > 0), a predicted tie (delta == 0, two
+    clips both at the end of a score's range) counting half, as a coin toss between them would; NaN without such
+    pairs."""
     delta, tie = np.asarray(delta, dtype=np.float64), np.asarray(tie, dtype=bool)
     keep = ~tie
-    return float((delta[keep] > 0).mean()) if keep.any() else math.nan
+    return float(((delta[keep] > 0) + 0.5 * (delta[keep] == 0)).mean()) if keep.any() else math.nan

@@ -7,7 +7,8 @@ sampling. So it is a small LightningModule that shares the rest of the house: tr
 callbacks, atomic checkpoints and run record, the `optimizer` group, and the `reward` group, where its
 checkpoint is the `learned` scorer (anisora.rewards.learned) for evaluate.py and rl_finetune.py.
 
-Loss = regression_weight * MSE on standardised scores + pair_weight * (Bradley-Terry | with ties) on pairs.
+Loss = regression_weight * MSE on standardised scores (censored at the ends of the training scores' range, where
+the output is clamped) + pair_weight * (Bradley-Terry | with ties) on pairs.
 Validation logs, per dimension, Spearman's rho of the predictions against the held-out scores and the accuracy
 on held-out non-tied pairs (val/spearman/<dim>, val/pair_accuracy/<dim>, and their minimum and mean).
 """
@@ -42,7 +43,7 @@ class RewardModelMethod(pl.LightningModule):
         if towers.text is not None:
             towers.text.requires_grad_(bool(settings["train_text"]))
         self.net = RewardNet(towers, settings["dimensions"], settings["num_frames"], settings["hidden"], score_mean,
-                             score_std, score_min, score_max)
+                             score_std, score_min, score_max, settings.get("pixel_motion", False))
         self._held_out: list[dict[str, Any]] = []
 
     @property
@@ -71,7 +72,7 @@ class RewardModelMethod(pl.LightningModule):
         settings = self.hparams.settings
         pairs, ties = batch["pairs"], batch["ties"]
         delta = rewards[pairs[:, 0], pairs[:, 2]] - rewards[pairs[:, 1], pairs[:, 2]]
-        out = {"regression": regression_loss(rewards, batch["scores"].to(rewards))}
+        out = {"regression": regression_loss(rewards, batch["scores"].to(rewards), *self.net.standardised_range())}
         out["pairs"] = pair_loss(delta, ties, settings["pair_loss"], settings["tie_k"]) \
             if settings["pair_loss"] != "none" else rewards.sum() * 0.0
         out["loss"] = settings["regression_weight"] * out["regression"] + settings["pair_weight"] * out["pairs"]
