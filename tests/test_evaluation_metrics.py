@@ -185,3 +185,17 @@ def test_report_writes_null_for_metrics_that_do_not_apply(tmp_path):
     metrics = aggregate([ClipScore("x", None, None, math.nan, math.nan, math.nan, math.nan, 1.0)])
     loaded = json.loads(write_report(tmp_path, metrics, [])["metrics_json"].read_text())
     assert loaded["direction_accuracy"] is None and loaded["temporal_flickering"] == 1.0
+
+
+def test_report_has_the_anisora_and_vbench_layouts_with_the_key_behind_each_column():
+    from anisora.evaluation.report import layout_lines
+
+    lines = layout_lines({"subject_consistency": 0.95, "motion_smoothness_blend": 0.9, "speed_error": 1.0})
+    assert "## VBench I2V dimensions" in lines and not any("AniSora" in line for line in lines)
+    header, values = lines[lines.index("## VBench I2V dimensions") + 2], lines[-1]
+    assert header.startswith("| Motion Smoothness (`motion_smoothness_blend`) | Motion Score | ")
+    assert header.endswith("| Subject Consistency (`subject_consistency`) |")
+    assert values == "| 0.9000 | n/a | n/a | n/a | n/a | n/a | n/a | 0.9500 |"
+    learned = layout_lines({"visual_smooth": 0.5, "character_consistency": 0.25})
+    assert learned[1] == "## AniSora benchmark (reward-model dimensions)" and learned[-1].startswith("| 0.5000 | n/a")
+    assert layout_lines({"speed_error": 1.0}) == []

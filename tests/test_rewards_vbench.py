@@ -36,6 +36,15 @@ def test_i2v_consistency_weights_the_guide_match_and_the_frame_steps():
     assert i2v_consistency(torch.tensor([1.0, 0.0]), steps) == pytest.approx(0.4 + 0.3 * 0.5 + 0.0)
 
 
+def test_clip_iqa_is_the_mean_softmax_weight_of_the_good_prompt():
+    from anisora.rewards.vbench import clip_iqa
+
+    good, bad = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    frames = torch.tensor([[2.0, 0.0], [1.0, 1.0]])  # cosines (1, 0) and (0.7071, 0.7071)
+    expected = (1 / (1 + math.exp(-10.0)) + 0.5) / 2  # scale 10: softmax of (10, 0), then of two equal logits
+    assert clip_iqa(frames, good, bad, 10.0) == pytest.approx(expected)
+
+
 def test_quality_normalises_with_vbench_ranges_and_halves_dynamic_degree():
     means = {"subject_consistency": 1.0, "temporal_flickering": 0.6293, "dynamic_degree": 1.0,
              "motion_smoothness_blend": 0.706, "speed_error": 3.0}
@@ -76,7 +85,9 @@ def test_every_model_dimension_runs_on_tiny_random_towers(tmp_path):
     still = Clip(name="s", frames=np.repeat(c.video[:1], 5, axis=0))
     moving, frozen = scorer.score([guided, still])
     assert set(moving) == set(scorer.dimensions) == {"subject_consistency", "i2v_subject", "background_consistency",
-                                                     "i2v_background", "text_video_consistency", "aesthetic_quality"}
+                                                     "i2v_background", "text_video_consistency", "aesthetic_quality",
+                                                     "imaging_quality_clipiqa"}
+    assert 0.0 < moving["imaging_quality_clipiqa"] < 1.0
     assert frozen["subject_consistency"] == pytest.approx(1.0)
     assert frozen["background_consistency"] == pytest.approx(1.0)
     assert 0.0 <= moving["subject_consistency"] <= 1.0 and 0.0 <= moving["i2v_subject"] <= 1.0

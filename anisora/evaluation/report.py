@@ -126,6 +126,37 @@ def label_lines(scores: list[ClipScore]) -> list[str]:
                     + " |" for label, means in by_label.items()]
 
 
+#: the two result tables of Index-AniSora's benchmark: (column, the metric keys that fill it, first found wins;
+#: a later key is a stand-in)
+LAYOUTS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    "AniSora benchmark (reward-model dimensions)": (
+        ("Visual Smooth", ("visual_smooth",)), ("Visual Motion", ("visual_motion",)),
+        ("Visual Appeal", ("visual_appeal",)), ("Text-Video Consistency", ("text_video_consistency",)),
+        ("Image-Video Consistency", ("image_video_consistency",)),
+        ("Character Consistency", ("character_consistency",))),
+    "VBench I2V dimensions": (
+        ("Motion Smoothness", ("motion_smoothness", "motion_smoothness_blend")),
+        ("Motion Score", ("dynamic_degree",)), ("Aesthetic Quality", ("aesthetic_quality",)),
+        ("Imaging Quality", ("imaging_quality", "imaging_quality_clipiqa")), ("I2V Subject", ("i2v_subject",)),
+        ("I2V Background", ("i2v_background",)), ("Overall Consistency", ("text_video_consistency",)),
+        ("Subject Consistency", ("subject_consistency",))),
+}
+
+
+def layout_lines(metrics: dict[str, float]) -> list[str]:
+    """The seed benchmark's column layouts, one row each, for every layout the metrics fill at least in part; each
+    column names the metric key that filled it (a stand-in shows as such), an unfilled one says n/a."""
+    lines: list[str] = []
+    for title, columns in LAYOUTS.items():
+        found = [next((k for k in keys if metrics.get(k) is not None), None) for _, keys in columns]
+        if not any(found):
+            continue
+        header = [f"{name} (`{key}`)" if key else name for (name, _), key in zip(columns, found, strict=True)]
+        lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(columns),
+                  "| " + " | ".join(_fmt(metrics[k]) if k else "n/a" for k in found) + " |"]
+    return lines
+
+
 def failure_lines(scored: int, failures: Sequence[ClipFailure]) -> list[str]:
     """The report's note of files that could not be scored, one row each (nothing when all were)."""
     if not failures:
@@ -137,7 +168,8 @@ def failure_lines(scored: int, failures: Sequence[ClipFailure]) -> list[str]:
 
 def markdown(title: str, metrics: dict[str, float], scores: list[ClipScore],
              failures: Sequence[ClipFailure] = ()) -> str:
-    """report.md: the unreadable files (if any), the metrics table, the chart, then one row per clip."""
+    """report.md: the unreadable files (if any), the metrics table, the chart, one row per clip, then the AniSora and
+    VBench column layouts, the per-label and the per-clip dimension tables."""
     lines = [f"# {title}", "", *failure_lines(len(scores), failures), "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(int(v) if k.startswith('num_') else v)} |" for k, v in sorted(metrics.items())]
     lines += ["", "![metrics](metrics.png)", "",
@@ -147,7 +179,7 @@ def markdown(title: str, metrics: dict[str, float], scores: list[ClipScore],
     lines += [f"| {_cell(s.name)} | {_fmt(s.direction_true)} / {_fmt(s.direction_pred)} "
               f"| {_fmt(s.speed_true)} / {_fmt(s.speed_pred)} | {_fmt(s.first_frame_psnr)} "
               f"| {_fmt(s.temporal_flickering)} |" for s in scores]
-    return "\n".join(lines + label_lines(scores) + dimension_lines(scores)) + "\n"
+    return "\n".join(lines + layout_lines(metrics) + label_lines(scores) + dimension_lines(scores)) + "\n"
 
 
 def write_report(folder: str | Path, metrics: dict[str, float], scores: list[ClipScore],

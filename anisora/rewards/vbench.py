@@ -9,8 +9,12 @@ folder; never a hub download): the `vbench` package pins transformers 4.33 and c
 | i2v_subject | dino | 0.4 max_t c(g, f_t) + 0.3 mean_t c(f_t, f_t-1) + 0.3 min_t c(f_t, f_t-1); g: the guide |
 | i2v_background | clip | the i2v_subject rule on CLIP features (VBench++ uses DreamSim: a documented substitute) |
 | text_video_consistency | clip | mean_t cos(text, f_t) of CLIP (VBench's overall consistency: ViCLIP) |
+| imaging_quality_clipiqa | clip | mean_t softmax(s cos(f_t, good), s cos(f_t, bad))[good]; s: CLIP's logit scale |
 
-imaging_quality (MUSIQ) has no native implementation yet and is not reported. A dimension whose weights are not
+imaging_quality_clipiqa is a documented substitute for VBench's imaging quality (MUSIQ / 100, whose weights and
+multi-scale transformer transformers does not carry): CLIP-IQA's zero-shot antonym-prompt score (Wang, Chan and
+Loy, AAAI 2023; prompts "Good photo." and "Bad photo."), in [0, 1] like MUSIQ / 100, named apart so no report
+passes it off as MUSIQ; VBench's Quality uses it in imaging quality's place. A dimension whose weights are not
 configured is left out with a one-line notice naming the key to set; a configured path that is missing or holds
 another model fails in one line when the scorer is built, before any video is read.
 """
@@ -42,7 +46,10 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "i2v_background": ("clip",),
     "text_video_consistency": ("clip",),
     "aesthetic_quality": ("clip_large", "aesthetic_head"),
+    "imaging_quality_clipiqa": ("clip",),
 }
+#: CLIP-IQA's antonym prompt pair
+IQA_PROMPTS = ("Good photo.", "Bad photo.")
 #: reward key -> the transformers model_type values its folder may hold
 MODEL_TYPES: dict[str, tuple[str, ...]] = {"dino": ("vit", "dinov2"), "clip": ("clip",), "clip_large": ("clip",)}
 
@@ -66,6 +73,14 @@ def i2v_consistency(guide: torch.Tensor, features: torch.Tensor) -> float:
     to_guide = (f * g).sum(-1).clamp(min=0)
     steps = (f[1:] * f[:-1]).sum(-1).clamp(min=0)
     return float(0.4 * to_guide.max() + 0.3 * steps.mean() + 0.3 * steps.min())
+
+
+def clip_iqa(features: torch.Tensor, good: torch.Tensor, bad: torch.Tensor, scale: float) -> float:
+    """CLIP-IQA of (T, D) frame features: the mean over frames of the softmax weight of the "good" prompt
+    between the two prompts' scaled cosines."""
+    f = F.normalize(features.double(), dim=-1)
+    prompts = F.normalize(torch.stack([good.double().flatten(), bad.double().flatten()]), dim=-1)
+    return float(torch.softmax(scale * f @ prompts.T, dim=-1)[:, 0].mean())
 
 
 def to_pixels(frames: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float],
@@ -129,8 +144,7 @@ class VBenchScorer(Scorer):
 
         self.dino = AutoModel.from_pretrained(dino).to(self.device).eval() if dino else None
         self.clip = CLIPModel.from_pretrained(clip).to(self.device).eval() if clip else None
-        self.tokenizer = CLIPTokenizer.from_pretrained(clip) if clip and "text_video_consistency" in self.dimensions \
-            else None
+        self.tokenizer = CLIPTokenizer.from_pretrained(clip) if clip else None
         self.clip_large, self.head = None, None
         if "aesthetic_quality" in self.dimensions:
             self.clip_large = CLIPModel.from_pretrained(clip_large).to(self.device).eval()
@@ -171,9 +185,10 @@ class VBenchScorer(Scorer):
             g, feats = (None, feats) if guide is None else (feats[0], feats[1:])
             out["background_consistency"] = consistency(feats)
             out["i2v_background"] = math.nan if g is None else i2v_consistency(g, feats)
-            if self.tokenizer is not None:
-                out["text_video_consistency"] = math.nan if not clip.prompt else float(
-                    (F.normalize(feats, dim=-1) @ F.normalize(self.text_features(clip.prompt), dim=-1).T).mean())
+            out["text_video_consistency"] = math.nan if not clip.prompt else float(
+                (F.normalize(feats, dim=-1) @ F.normalize(self.text_features(clip.prompt), dim=-1).T).mean())
+            good, bad = (self.text_features(p) for p in IQA_PROMPTS)
+            out["imaging_quality_clipiqa"] = clip_iqa(feats, good, bad, float(self.clip.logit_scale.detach().exp()))
         if self.head is not None:
             feats = F.normalize(self.clip_features(self.clip_large, frames), dim=-1)
             with torch.no_grad():

@@ -19,7 +19,7 @@ NORMALIZE: dict[str, tuple[float, float]] = {
 QUALITY_DIMENSIONS = tuple(NORMALIZE)
 DIM_WEIGHT: dict[str, float] = {"dynamic_degree": 0.5}  # every other dimension weighs 1
 #: where our proxy stands in for a VBench dimension (named as such in the report)
-PROXIES: dict[str, str] = {"motion_smoothness": "motion_smoothness_blend"}
+PROXIES: dict[str, str] = {"motion_smoothness": "motion_smoothness_blend", "imaging_quality": "imaging_quality_clipiqa"}
 
 
 def normalised(name: str, value: float) -> float:
