@@ -130,3 +130,14 @@ def test_latency_benchmark_refuses_a_missing_reference_and_runs_with_other_weigh
                        "--out", str(tmp_path / "merged.json")])
     assert done.returncode != 0 and not (tmp_path / "merged.json").exists()
     assert done.stderr.strip().splitlines()[-1] == "--merge: weights_checksum differs between the runs (1.0 vs 2.0)"
+
+
+def test_reward_models_smoke_times_every_model_dimension_and_a_reward_model_step(tmp_path):
+    out = tmp_path / "reward_models.json"
+    done = run_script(["-m", "benchmarks.reward_models", "--smoke", "--clips", "2", "--repeats", "1",
+                       "--out", str(out)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["part"].split(":")[0] for r in rows] == ["DINO ViT-B/16", "CLIP ViT-B/32", "CLIP ViT-L/14 + linear head",
+                                                       "reward model (CLIP ViT-L/14, 24 frames)", "reward model"]
+    assert all(r["clips_per_s"] > 0 for r in rows[:4]) and rows[4]["step_s"] > 0 and rows[4]["trainable_params"] > 0

@@ -37,8 +37,18 @@ class LearnedScorer(Scorer):
         from anisora.methods.reward_model import RewardModelMethod
 
         file = check_reward_checkpoint(ckpt)
+        self._use(RewardModelMethod.load(str(file)).net, device, batch_clips)
+
+    @classmethod
+    def of(cls, net: torch.nn.Module, device: torch.device | str, batch_clips: int = 8) -> LearnedScorer:
+        """A scorer over a reward network in hand (a benchmark's real-size random towers), no checkpoint."""
+        scorer = cls.__new__(cls)
+        scorer._use(net, device, batch_clips)
+        return scorer
+
+    def _use(self, net: torch.nn.Module, device: torch.device | str, batch_clips: int) -> None:
         self.device = torch.device(device)
-        self.net = RewardModelMethod.load(str(file)).net.to(self.device).eval()
+        self.net = net.to(self.device).eval()
         self.batch = batch_clips
         self.dimensions = self.higher_is_better = self.net.dimensions
 

@@ -144,6 +144,15 @@ def write_tiny_clip(folder: str | Path, width: int = 32, layers: int = 2, image_
                     max_text: int = 128, seed: int = 0) -> Path:
     """A randomly initialised CLIP folder (model and a character-level tokenizer), for CPU tests and the tiny
     world's reward benchmark: no real weights exist offline, and the tiny world needs none."""
+    tower = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers, num_attention_heads=2)
+    return write_random_clip(folder, dict(**tower, image_size=image_size, patch_size=patch),
+                             dict(**tower, max_position_embeddings=max_text), width, seed)
+
+
+def write_random_clip(folder: str | Path, vision: dict[str, Any], text: dict[str, Any], projection_dim: int,
+                      seed: int = 0) -> Path:
+    """A randomly initialised CLIP folder of any size (`vision` and `text` are CLIPVisionConfig and CLIPTextConfig
+    fields) with a character-level tokenizer: real-size towers for speed and memory, where no weights exist."""
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -151,11 +160,9 @@ def write_tiny_clip(folder: str | Path, width: int = 32, layers: int = 2, image_
     torch.manual_seed(seed)
     chars = list(bytes_to_unicode().values())
     vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
-    tower = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers, num_attention_heads=2)
-    text = dict(**tower, vocab_size=len(vocab), max_position_embeddings=max_text, bos_token_id=len(vocab) - 2,
-                eos_token_id=len(vocab) - 1, pad_token_id=len(vocab) - 1)
-    config = CLIPConfig(text_config=text, vision_config=dict(**tower, image_size=image_size, patch_size=patch),
-                        projection_dim=width)
-    CLIPModel(config).save_pretrained(folder)
-    CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_text).save_pretrained(folder)
+    text = dict(**text, vocab_size=len(vocab), bos_token_id=len(vocab) - 2, eos_token_id=len(vocab) - 1,
+                pad_token_id=len(vocab) - 1)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)).save_pretrained(folder)
+    CLIPTokenizer(vocab=vocab, merges=[], model_max_length=text.get("max_position_embeddings", 77)).save_pretrained(
+        folder)
     return folder
