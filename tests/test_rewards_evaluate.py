@@ -66,3 +66,12 @@ def test_reward_option_adds_its_dimensions(tmp_path):
                                      "weights": {"direction_correct": 1.0}}}
     (scorer,) = evaluate.build_scorers(OmegaConf.create(cfg))
     assert scorer.dimensions[0] == "reward"
+
+
+def test_named_metric_sets_expand_to_their_scorers_once():
+    from anisora.rewards import scorer_names
+
+    assert scorer_names(["ground_truth", "vbench_i2v", "weight_free"]) == ["ground_truth", "weight_free", "vbench"]
+    assert scorer_names(["anime_reward"]) == ["learned"]
+    weight_free, vbench = evaluate.build_scorers(OmegaConf.create({"metrics": ["vbench_i2v"], "reward": None}))
+    assert "dynamic_degree" in weight_free.dimensions and vbench.dimensions == ()  # no model weights configured

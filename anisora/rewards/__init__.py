@@ -61,6 +61,23 @@ BUILDERS: dict[str, Callable[[dict[str, Any]], Scorer]] = {
 }
 
 
+#: named sets of scorers for evaluate.py's `metrics=[...]`: the seed benchmark's two tables
+METRIC_SETS: dict[str, tuple[str, ...]] = {
+    "vbench_i2v": ("weight_free", "vbench"),  # VBench's I2V and quality dimensions (model-based ones need weights)
+    "anime_reward": ("learned",),  # AnimeReward's dimensions from a trained reward model (reward.ckpt)
+}
+
+
+def scorer_names(names: list[str] | tuple[str, ...]) -> list[str]:
+    """`metrics=[...]` with its named sets expanded, each scorer once, in order; an unknown name fails in one line."""
+    out: list[str] = []
+    for name in names:
+        if name not in BUILDERS and name not in METRIC_SETS:
+            raise ConfigError("metrics", f"expected names among {', '.join([*BUILDERS, *METRIC_SETS])}; got {name!r}")
+        out += [n for n in METRIC_SETS.get(name, (name,)) if n not in out]
+    return out
+
+
 def reward_config(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
     """`cfg` over the RewardConfig schema (its defaults filled in, unknown keys and bad values refused in one line)."""
     try:
@@ -79,5 +96,5 @@ def build_scorer(cfg: Mapping[str, Any] | DictConfig) -> Scorer:
     return BUILDERS[settings["name"]](settings)
 
 
-__all__ = ["BUILDERS", "Clip", "Scorer", "build_scorer", "clip_from_pair", "clips_from_tensors", "guided_frames",
-           "reward_config"]
+__all__ = ["BUILDERS", "METRIC_SETS", "Clip", "Scorer", "build_scorer", "clip_from_pair", "clips_from_tensors",
+           "guided_frames", "reward_config", "scorer_names"]

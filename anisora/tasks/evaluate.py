@@ -37,7 +37,7 @@ from anisora.inference.video_io import (
     write_mp4,
 )
 from anisora.io import atomic_write_bytes
-from anisora.rewards import BUILDERS, Clip, Scorer, build_scorer
+from anisora.rewards import Clip, Scorer, build_scorer, scorer_names
 from anisora.rewards.clips import guided_frames
 from anisora.rewards.vbench_aggregate import quality as vbench_quality
 from anisora.tasks.common import environment_defaults, find_checkpoint, run_task, write_run_record
@@ -53,13 +53,11 @@ UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
 def build_scorers(cfg: DictConfig) -> list[Scorer]:
-    """The scorers of `metrics=[...]` (names of the reward group, sharing `reward`'s settings) and of `reward=`,
-    built (weights checked) before any video is read."""
+    """The scorers of `metrics=[...]` (names of the reward group or its named sets such as `vbench_i2v`, sharing
+    `reward`'s settings) and of `reward=`, built (weights checked) before any video is read."""
     settings = OmegaConf.to_container(cfg.reward, resolve=True) if cfg.reward is not None else {}
-    for name in cfg.metrics:
-        if name not in BUILDERS:
-            raise ConfigError("metrics", f"expected names among {', '.join(BUILDERS)}; got {name!r}")
-    scorers = [build_scorer({**settings, "name": name}) for name in cfg.metrics if name != settings.get("name")]
+    names = scorer_names(list(cfg.metrics))
+    scorers = [build_scorer({**settings, "name": name}) for name in names if name != settings.get("name")]
     return scorers + ([build_scorer(settings)] if settings else [])
 
 
