@@ -309,6 +309,29 @@ def model_output(backbone: BackboneAdapter, model_in: torch.Tensor, timestep: to
     return call(model_in)
 
 
+def cfg_pair(backbone: BackboneAdapter, cond: Conditioning, uncond: Conditioning) -> tuple[Conditioning, bool]:
+    """cond and uncond as one batch, in the order the backbone's stock pipeline stacks them, and whether uncond
+    comes first."""
+    uncond_first = bool(getattr(backbone, "cfg_uncond_first", False)) or backbone.objective.cfg_uncond_first
+    return Conditioning.cat([uncond, cond] if uncond_first else [cond, uncond]), uncond_first
+
+
+def guided_output(backbone: BackboneAdapter, model_in: torch.Tensor, timestep: torch.Tensor, cond: Conditioning,
+                  uncond: Conditioning | None, scale: float, dtype: torch.dtype, checkpointed: bool = False,
+                  pair: tuple[Conditioning, bool] | None = None) -> torch.Tensor:
+    """The denoiser's output with classifier-free guidance (the one CFG call): cond and uncond in one batched call,
+    combined at `scale`; without `uncond`, the conditional call alone. `pair`: `cfg_pair`'s result, when a loop
+    builds it once."""
+    if uncond is None:
+        return model_output(backbone, model_in, timestep, cond, dtype, checkpointed)
+    both, uncond_first = pair or cfg_pair(backbone, cond, uncond)
+    out = model_output(backbone, torch.cat([model_in, model_in]), torch.cat([timestep, timestep]), both, dtype,
+                       checkpointed)
+    first, second = out.chunk(2)
+    cond_out, uncond_out = (second, first) if uncond_first else (first, second)
+    return guided(cond_out, uncond_out, scale)
+
+
 def rollout(backbone: BackboneAdapter, cond: Conditioning, uncond: Conditioning | None,
             latent_shape: tuple[int, ...], spec: SamplerSpec, seeds: list[int] | None = None,
             generators: list[torch.Generator] | None = None, known: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -332,8 +355,7 @@ def rollout(backbone: BackboneAdapter, cond: Conditioning, uncond: Conditioning 
     replace = known is not None and spec.replace_known  # known_latents() is None where a VAE mixes pixels
     noise = latents.clone()
     use_cfg = uncond is not None and spec.guidance_scale != 1.0
-    uncond_first = bool(getattr(backbone, "cfg_uncond_first", False)) or objective.cfg_uncond_first
-    both = Conditioning.cat([uncond, cond] if uncond_first else [cond, uncond]) if use_cfg else cond
+    pair = cfg_pair(backbone, cond, uncond) if use_cfg else None
     steps = stepper.timesteps
     first_grad = 0 if grad_steps is None else max(0, len(steps) - int(grad_steps))
     recorded: list[RolloutStep] = []
@@ -347,17 +369,13 @@ def rollout(backbone: BackboneAdapter, cond: Conditioning, uncond: Conditioning 
         t = steps[i]
         with torch.set_grad_enabled(grad and i >= first_grad):
             cfg_now = use_cfg and stepper.noise_std(i) >= spec.guidance_min_sigma
-            model_in = stepper.model_input(torch.cat([latents, latents]) if cfg_now else latents, i)
-            timestep = t.expand(model_in.shape[0]).to(device)
+            timestep = t.expand(latents.shape[0]).to(device)
             backbone.current_timestep = int(t)
+            scale = dynamic_guidance_scale(spec.guidance_scale, float(t), len(steps)) if spec.dynamic_cfg \
+                else spec.guidance_scale
             with branch_context(backbone, "cfg" if cfg_now else "cond"):
-                out = model_output(backbone, model_in, timestep, both if cfg_now else cond, dtype, checkpoint)
-            if cfg_now:
-                first, second = out.chunk(2)
-                cond_out, uncond_out = (second, first) if uncond_first else (first, second)
-                scale = dynamic_guidance_scale(spec.guidance_scale, float(t), len(steps)) if spec.dynamic_cfg \
-                    else spec.guidance_scale
-                out = guided(cond_out, uncond_out, scale)
+                out = guided_output(backbone, stepper.model_input(latents, i), timestep, cond,
+                                    uncond if cfg_now else None, scale, dtype, checkpoint, pair)
             if spec.clamp_x0 is not None and stepper.noise_std(i) > 0:
                 level = stepper.level(i)
                 x0 = objective.x0_from_output(latents, out, level).clamp(-spec.clamp_x0, spec.clamp_x0)

@@ -17,7 +17,7 @@ from anisora.accelerators.devices import resolve_device
 from anisora.backbones import Conditioning
 from anisora.config.errors import ConfigError
 from anisora.data.synthetic import benchmark_clips
-from anisora.diffusion.sampling import SamplerSpec, build_stepper, guided, rollout
+from anisora.diffusion.sampling import SamplerSpec, build_stepper, guided_output, rollout
 from anisora.diffusion.schedules import median_schedule, oss_search, write_schedule
 from anisora.guidance.pair import pair_from_video
 from anisora.inference.loading import LoadedModel, load_model
@@ -73,10 +73,9 @@ def search_schedules(ckpt: Path, steps: list[int], out: Path, clips: int = 4, te
 
         @torch.no_grad()
         def velocity(x: torch.Tensor, sigma: float, cond=cond, uncond=uncond) -> torch.Tensor:
-            t = torch.full((2,), sigma * 1000.0, device=device)
-            out = backbone.denoise(torch.cat([x, x]), t, Conditioning.cat([cond, uncond])).float()
-            c, u = out.chunk(2)
-            return guided(c, u, spec.guidance_scale) if sigma >= spec.guidance_min_sigma else c
+            t = torch.full((len(x),), sigma * 1000.0, device=device)
+            return guided_output(backbone, x, t, cond, uncond if sigma >= spec.guidance_min_sigma else None,
+                                 spec.guidance_scale, cond.text.dtype)
 
         for k in steps:
             chain, _ = oss_search(velocity, states[0], states, grid, k)

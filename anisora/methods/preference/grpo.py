@@ -17,8 +17,7 @@ from anisora.diffusion.sampling import (
     SamplerSpec,
     build_stepper,
     flow_sde_mean_std,
-    guided,
-    model_output,
+    guided_output,
     sde_log_prob,
 )
 from anisora.methods.preference.losses import clipped_policy_loss, gaussian_step_kl, group_advantages
@@ -58,16 +57,8 @@ class GRPOMethod(PreferenceMethod):
         use_cfg = uncond is not None and spec.guidance_scale != 1.0 and sigma >= spec.guidance_min_sigma
         backbone.current_timestep = int(step.timestep[0])
         with self.roles.use(role):
-            if use_cfg:
-                first_uncond = bool(getattr(backbone, "cfg_uncond_first", False)) or self.objective.cfg_uncond_first
-                both = Conditioning.cat([uncond, cond] if first_uncond else [cond, uncond])
-                out = model_output(backbone, torch.cat([x, x]), torch.cat([step.timestep, step.timestep]), both,
-                                   dtype, False)
-                first, second = out.chunk(2)
-                cond_out, uncond_out = (second, first) if first_uncond else (first, second)
-                out = guided(cond_out, uncond_out, spec.guidance_scale)
-            else:
-                out = model_output(backbone, x, step.timestep, cond, dtype, False)
+            out = guided_output(backbone, x, step.timestep, cond, uncond if use_cfg else None, spec.guidance_scale,
+                                dtype)
         std_sigma = sigma if sigma < 1 else sigmas[1]
         return flow_sde_mean_std(x, out, sigma, sigma_next, spec.noise_level, std_sigma)
 
