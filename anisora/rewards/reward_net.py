@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from anisora.rewards.pixels import to_pixels
 from anisora.rewards.towers import Towers, sample_frame_indices
-from anisora.rewards.vbench import to_pixels
 
 
 def pixel_changes(pixels: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from anisora.config.errors import ConfigError
-from anisora.rewards.vbench import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
+from anisora.rewards.pixels import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 
 #: model_type -> the (mean, std) its images are normalised with
 NORMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {

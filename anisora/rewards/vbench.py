@@ -32,11 +32,10 @@ import torch.nn.functional as F
 
 from anisora.config.errors import ConfigError
 from anisora.rewards.base import Clip, Scorer
+from anisora.rewards.pixels import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, to_pixels
 
 log = logging.getLogger("anisora.rewards")
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 #: dimension -> the reward keys whose weights it needs
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -81,21 +80,6 @@ def clip_iqa(features: torch.Tensor, good: torch.Tensor, bad: torch.Tensor, scal
     f = F.normalize(features.double(), dim=-1)
     prompts = F.normalize(torch.stack([good.double().flatten(), bad.double().flatten()]), dim=-1)
     return float(torch.softmax(scale * f @ prompts.T, dim=-1)[:, 0].mean())
-
-
-def to_pixels(frames: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float],
-              crop: bool) -> torch.Tensor:
-    """uint8 (T, H, W, 3) -> normalised (T, 3, ...) floats: shorter side resized to `size` (bicubic), then a centre
-    crop to size x size when `crop` (CLIP), else the aspect ratio kept (DINO)."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
-    h, w = x.shape[-2:]
-    scale = size / min(h, w)
-    x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))), mode="bicubic",
-                      align_corners=False, antialias=True).clamp(0, 1)
-    if crop:
-        top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
-        x = x[..., top : top + size, left : left + size]
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
 def _features(output: object) -> torch.Tensor:

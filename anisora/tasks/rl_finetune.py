@@ -29,7 +29,8 @@ from anisora.io import atomic_write_text
 from anisora.methods.preference.offline import OfflinePairs
 from anisora.methods.preference.rounds import PreferenceMethod, check_optimised, round_share
 from anisora.tasks.common import environment_defaults, find_checkpoint, run_task, write_run_record
-from anisora.tasks.train import build_method, build_trainer, check_training, target_class, world_of
+from anisora.tasks.train import build_method, check_training, target_class, world_of
+from anisora.tasks.trainer import build_trainer
 from anisora.tracking.rl_report import log_rl_summary
 
 log = logging.getLogger("anisora.rl")

@@ -29,6 +29,7 @@ from anisora.data.reward_clips import (
     split_groups,
 )
 from anisora.tasks.common import environment_defaults, find_checkpoint, write_run_record
+from anisora.tasks.trainer import build_trainer
 
 log = logging.getLogger("anisora.train")
 
@@ -88,7 +89,6 @@ def reward_datamodule(settings: dict[str, Any], net, splits, seed: int) -> Rewar
 def train_reward_model(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     from hydra.utils import get_class
 
-    from anisora.tasks.train import build_trainer
 
     settings = reward_model_settings(cfg.method)
     splits = reward_splits(settings, cfg.seed)
