@@ -105,6 +105,23 @@ def test_pairwise_starts_at_log2_and_its_updates_prefer_the_winners():
         assert after["margin"].item() > 0 and after["implicit_acc"].item() == 1.0, weighting
 
 
+def test_the_guided_pairwise_loss_scores_the_cfg_prediction_the_rollouts_sampled_with():
+    method = build(PairwiseMethod, guided_loss=True, guidance_scale=4.0)
+    perturb_policy(method)
+    samples = method.collect(first_batch(method))
+    pairs = best_against_worst(samples, -1.0)
+    assert pairs is not None and pairs.uncond is not None and len(pairs.uncond.text) == 2 * len(pairs)
+    terms = method.denoising_terms(torch.cat([pairs.winner, pairs.loser]), pairs.seeds * 2, 0)
+    _, guided = method.per_sample_losses("policy", terms, pairs.cond, pairs.uncond, 4.0)
+    with torch.no_grad(), method.roles.use("policy"):
+        cond = method.backbone.denoise(terms["noisy"], terms["timestep"], pairs.cond).float()
+        uncond = method.backbone.denoise(terms["noisy"], terms["timestep"], pairs.uncond).float()
+    assert torch.allclose(guided, uncond + 4.0 * (cond - uncond), atol=1e-5)
+    assert not torch.allclose(guided, cond, atol=1e-3)
+    loss, stats = method.pair_loss(pairs, 0)
+    assert torch.isfinite(loss) and stats["margin"].item() != 0.0  # a perturbed policy differs from the reference
+
+
 def test_rwr_weights_follow_rewards_within_each_group_and_training_runs():
     method = build(RWRMethod, temperature=0.5)
     samples = method.collect(first_batch(method))

@@ -574,6 +574,9 @@ class PairwiseRLConfig(RLConfig):
     gap_base: float = bounded(2.0, 1.0)
     score_range: float = bounded(1.0, 1e-9)  # R: the score that counts as full marks (AniSora: 100)
     min_gap: float = bounded(0.0, 0.0)  # groups whose best and worst differ by less give no pair
+    # losses on the guided prediction uncond + g (cond - uncond) at the rollouts' guidance scale, what rollouts and
+    # inference sample with CFG; false: the conditional prediction alone (Flow-DPO, Diffusion-DPO)
+    guided_loss: bool = False
 
 
 @dataclass

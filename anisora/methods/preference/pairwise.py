@@ -3,7 +3,9 @@
 The winner and the loser of a pair are noised with the same noise at the same level; the policy's and the
 reference's per-sample denoising losses on the objective's own target (velocity for flow matching: Flow-DPO;
 v for v-prediction, which is AniSora's 1/(1 - abar)-weighted x0 loss: Diffusion-DPO) enter
-`pairwise_preference_loss`. GAPO weights each pair by its score gap; DPO weights every pair by 1. Online, each
+`pairwise_preference_loss`. GAPO weights each pair by its score gap; DPO weights every pair by 1. With
+`rl.guided_loss`, both losses are of the guided prediction uncond + g (cond - uncond) at the rollouts' guidance
+scale: what the rollouts were sampled with, so a model that must sample with CFG learns what it samples. Online, each
 group of K rollouts gives one pair, its best against its worst; offline, a pairs file gives them.
 """
 
@@ -36,6 +38,7 @@ class Pairs:
     seeds: list[int]  # per pair: the noise and level both of its videos share
     winner_score: torch.Tensor  # (P,)
     loser_score: torch.Tensor
+    uncond: Conditioning | None = None  # (2P), as `cond`: the null-prompt rows when rollouts sampled with CFG
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -52,8 +55,10 @@ def best_against_worst(samples: RoundSamples, min_gap: float) -> Pairs | None:
             losers.append(g * samples.group_size + worst)
     if not winners:
         return None
-    return Pairs(samples.latents[winners], samples.latents[losers], take(samples.cond, winners + losers),
-                 [samples.seeds[i] for i in winners], samples.rewards[winners], samples.rewards[losers])
+    rows = winners + losers
+    return Pairs(samples.latents[winners], samples.latents[losers], take(samples.cond, rows),
+                 [samples.seeds[i] for i in winners], samples.rewards[winners], samples.rewards[losers],
+                 take(samples.uncond, rows) if samples.uncond is not None else None)
 
 
 class PairwiseMethod(OfflinePairs, PreferenceMethod):
@@ -76,9 +81,10 @@ class PairwiseMethod(OfflinePairs, PreferenceMethod):
         """The pairwise loss of one update: same noise and level for each pair's winner and loser."""
         n = len(pairs)
         terms = self.denoising_terms(torch.cat([pairs.winner, pairs.loser]), pairs.seeds * 2, update)
-        policy, pred = self.per_sample_losses("policy", terms, pairs.cond)
+        guided = (pairs.uncond, self.rollout_spec().guidance_scale) if self.settings.guided_loss else (None, 1.0)
+        policy, pred = self.per_sample_losses("policy", terms, pairs.cond, *guided)
         with torch.no_grad():
-            reference, ref_pred = self.per_sample_losses("reference", terms, pairs.cond)
+            reference, ref_pred = self.per_sample_losses("reference", terms, pairs.cond, *guided)
         loss, stats = pairwise_preference_loss(policy[:n], policy[n:], reference[:n], reference[n:], self.beta,
                                                self.pair_weight(pairs))
         stats["output_kl"] = (pred.detach() - ref_pred).square().mean()

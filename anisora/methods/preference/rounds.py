@@ -33,7 +33,7 @@ from anisora.backbones.base import Conditioning
 from anisora.config.errors import ConfigError
 from anisora.config.schema import RLConfig
 from anisora.diffusion.loss_weights import motion_loss_weight, weighted_mse_per_sample
-from anisora.diffusion.sampling import Rollout, SamplerSpec, rollout
+from anisora.diffusion.sampling import Rollout, SamplerSpec, guided_output, rollout
 from anisora.guidance.pair import pair_from_video
 from anisora.methods.base import DiffusionMethod
 
@@ -359,11 +359,16 @@ class PreferenceMethod(DiffusionMethod):
         return {"noisy": objective.add_noise(x0, noise, levels), "timestep": objective.model_timestep(levels)
                 .to(self.device), "target": objective.target(x0, noise, levels), "weight": weight}
 
-    def per_sample_losses(self, role: str, terms: dict[str, torch.Tensor], cond: Conditioning
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,) denoising losses of `role` and its predictions (with gradients only for the policy)."""
+    def per_sample_losses(self, role: str, terms: dict[str, torch.Tensor], cond: Conditioning,
+                          uncond: Conditioning | None = None, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) denoising losses of `role` and its predictions (with gradients only for the policy); with `uncond`,
+        of the guided prediction at `scale` (one batched CFG call)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and role == "policy"), self.roles.use(role):
-            pred = self.backbone.denoise(terms["noisy"], terms["timestep"], cond).float()
+            if uncond is None or scale == 1.0:
+                pred = self.backbone.denoise(terms["noisy"], terms["timestep"], cond).float()
+            else:
+                pred = guided_output(self.backbone, terms["noisy"], terms["timestep"], cond, uncond, scale,
+                                     terms["noisy"].dtype)
         return weighted_mse_per_sample(pred, terms["target"].float(), terms["weight"]), pred
 
     # ----------------------------------------------------------------- the round
