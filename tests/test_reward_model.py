@@ -66,7 +66,7 @@ def test_regression_is_censored_where_the_score_sits_at_an_end_of_its_range():
     pred = torch.tensor([[1.5], [0.5], [1.5], [-1.0]], requires_grad=True)
     loss = regression_loss(pred, target, low, high)
     # past the top for a clip at the top, past the bottom for one at the bottom: free; the rest as MSE
-    assert float(loss) == pytest.approx((0.0 + 0.25 + 1.0 + 0.0) / 4)
+    assert loss.item() == pytest.approx((0.0 + 0.25 + 1.0 + 0.0) / 4)
     loss.backward()
     assert pred.grad.flatten().tolist() == pytest.approx([0.0, -0.25, 0.5, 0.0])
 
