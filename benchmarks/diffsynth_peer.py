@@ -1,7 +1,8 @@
-"""DiffSynth-Studio's Wan training step, to set beside `benchmarks/train_throughput.py`'s rows at the same memory cap.
+"""DiffSynth-Studio's Wan training step and sampling step, to set beside train_throughput.py's and infer_latency.py's.
 
-    python benchmarks/diffsynth_train.py --runs wan1.3b_full wan14b_lora   # one GPU, 480 x 832, 81 frames
-    python benchmarks/diffsynth_train.py --smoke                           # a tiny DiT on any device
+    python benchmarks/diffsynth_peer.py --runs wan1.3b_full wan14b_lora   # one GPU, 480 x 832, 81 frames
+    python benchmarks/diffsynth_peer.py --runs --infer-step               # its I2V-14B sampling step with CFG
+    python benchmarks/diffsynth_peer.py --smoke                           # a tiny DiT on any device
 
 Its own code does the step: `diffsynth.models.wan_video_dit.WanModel` with the configuration its model table gives
 the checkpoint, `FlowMatchSFTLoss` (its training timesteps and weights) over `model_fn_wan_video` with gradient
@@ -9,8 +10,9 @@ checkpointing on (its train.py forces it on), AdamW over the trainable weights. 
 weights (its `torch_dtype`); LoRA uses its own `add_lora_to_model` with its default targets `q,k,v,o,ffn.0,ffn.2`.
 The inputs are what its split training caches: latents, text embeddings and, for image-to-video, CLIP image
 features and the guide channels (random: speed and memory only; its VAE and encoders do not run, as in ours). Run it
-in a process of its own: DiffSynth's package import pulls torchvision, imageio and modelscope. Writes
-benchmarks/results/train_diffsynth.json.
+in a process of its own: DiffSynth's package import pulls torchvision, imageio and modelscope. `--infer-step` also
+times one sampling step of its I2V-14B DiT with CFG as its pipeline runs it (its exact setting, against
+infer_latency.py's DiT s/step). Writes benchmarks/results/diffsynth_peer.json.
 """
 
 from __future__ import annotations
@@ -103,18 +105,56 @@ def run(name: str, steps: int, warmup: int, cap_gib: float, size: tuple[int, int
             "settings": "bf16 weights, gradient checkpointing, AdamW lr 1e-5, FlowMatchSFTLoss"}
 
 
+@torch.no_grad()
+def inference_step(steps: int, size: tuple[int, int, int], device: torch.device, smoke: bool) -> dict:
+    """Seconds of one sampling step of its Wan2.1 I2V-14B DiT with CFG as its pipeline runs it by default (two
+    `model_fn_wan_video` calls, prompt and negative prompt; `cfg_merge=False`), no cache: its exact setting."""
+    from diffsynth.models.wan_video_dit import WanModel
+    from diffsynth.pipelines.wan_video import model_fn_wan_video
+
+    config = {**DITS["i2v_14b"], **(SMOKE if smoke else {})}
+    torch.manual_seed(0)
+    with torch.device(device):
+        dit = WanModel(**config).to(dtype=torch.bfloat16).eval()
+    inputs = step_inputs(config, *size, device)
+    latents = inputs.pop("input_latents")
+    for key in ("use_gradient_checkpointing", "use_gradient_checkpointing_offload"):
+        inputs.pop(key)
+    negative = torch.randn_like(inputs["context"])
+    timestep = torch.tensor([500.0], device=device, dtype=torch.bfloat16)
+
+    def step() -> None:
+        for context in (inputs["context"], negative):
+            model_fn_wan_video(dit=dit, latents=latents, timestep=timestep, **{**inputs, "context": context})
+
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    return {"run": "wan14b_i2v_dit_step", "dit_step_s": (time.perf_counter() - start) / steps, "peak_gib": peak,
+            "settings": "bf16, CFG as two calls (its default cfg_merge=False), no cache, its attention dispatch"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="+", default=["wan1.3b_full", "wan14b_lora"], choices=list(RUNS))
+    parser.add_argument("--runs", nargs="*", default=["wan1.3b_full", "wan14b_lora"], choices=list(RUNS))
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--memory-cap-gib", type=float, default=79.0, help="as train_throughput.py; 0: the device")
     parser.add_argument("--size", type=int, nargs=3, default=[81, 480, 832], metavar=("FRAMES", "HEIGHT", "WIDTH"))
+    parser.add_argument("--infer-step", action="store_true",
+                        help="also time one I2V-14B sampling step with CFG (its exact inference setting)")
     parser.add_argument("--smoke", action="store_true", help="a tiny DiT at a tiny size on any device")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_diffsynth.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "diffsynth_peer.json")
     args = parser.parse_args()
     if not torch.cuda.is_available() and not args.smoke:
-        sys.exit("benchmarks/diffsynth_train.py needs a CUDA GPU (or --smoke)")
+        sys.exit("benchmarks/diffsynth_peer.py needs a CUDA GPU (or --smoke)")
     import diffsynth
 
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
@@ -123,7 +163,7 @@ def main() -> None:
               if device.type == "cuda" else "cpu", "torch": torch.__version__,
               "peer_version": f"diffsynth {getattr(diffsynth, '__version__', '?')}", "clip": list(size),
               "memory_cap_gib": args.memory_cap_gib,
-              "command": "python benchmarks/diffsynth_train.py " + " ".join(sys.argv[1:]), "rows": []}
+              "command": "python benchmarks/diffsynth_peer.py " + " ".join(sys.argv[1:]), "rows": []}
     for name in args.runs:
         try:
             row = run(name, args.steps, args.warmup, args.memory_cap_gib, size, device, args.smoke)
@@ -132,6 +172,13 @@ def main() -> None:
         report["rows"].append(row)
         print(json.dumps(row), flush=True)
         torch.cuda.empty_cache() if device.type == "cuda" else None
+    if args.infer_step:
+        try:
+            row = inference_step(args.steps, size, device, args.smoke)
+        except Exception as ex:
+            row = {"run": "wan14b_i2v_dit_step", "error": f"{type(ex).__name__}: {ex}".splitlines()[0][:300]}
+        report["rows"].append(row)
+        print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
