@@ -129,6 +129,8 @@ class VBenchScorer(Scorer):
         self.dino = AutoModel.from_pretrained(dino).to(self.device).eval() if dino else None
         self.clip = CLIPModel.from_pretrained(clip).to(self.device).eval() if clip else None
         self.tokenizer = CLIPTokenizer.from_pretrained(clip) if clip else None
+        # CLIP-IQA's two prompts are the same for every clip: encoded once here
+        self.iqa_prompts = [self.text_features(p) for p in IQA_PROMPTS] if clip else None
         self.clip_large, self.head = None, None
         if "aesthetic_quality" in self.dimensions:
             self.clip_large = CLIPModel.from_pretrained(clip_large).to(self.device).eval()
@@ -171,8 +173,8 @@ class VBenchScorer(Scorer):
             out["i2v_background"] = math.nan if g is None else i2v_consistency(g, feats)
             out["text_video_consistency"] = math.nan if not clip.prompt else float(
                 (F.normalize(feats, dim=-1) @ F.normalize(self.text_features(clip.prompt), dim=-1).T).mean())
-            good, bad = (self.text_features(p) for p in IQA_PROMPTS)
-            out["imaging_quality_clipiqa"] = clip_iqa(feats, good, bad, float(self.clip.logit_scale.detach().exp()))
+            scale = float(self.clip.logit_scale.detach().exp())
+            out["imaging_quality_clipiqa"] = clip_iqa(feats, *self.iqa_prompts, scale)
         if self.head is not None:
             feats = F.normalize(self.clip_features(self.clip_large, frames), dim=-1)
             with torch.no_grad():

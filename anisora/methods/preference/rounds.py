@@ -364,11 +364,8 @@ class PreferenceMethod(DiffusionMethod):
         """(B,) denoising losses of `role` and its predictions (with gradients only for the policy); with `uncond`,
         of the guided prediction at `scale` (one batched CFG call)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and role == "policy"), self.roles.use(role):
-            if uncond is None or scale == 1.0:
-                pred = self.backbone.denoise(terms["noisy"], terms["timestep"], cond).float()
-            else:
-                pred = guided_output(self.backbone, terms["noisy"], terms["timestep"], cond, uncond, scale,
-                                     terms["noisy"].dtype)
+            pred = guided_output(self.backbone, terms["noisy"], terms["timestep"], cond,
+                                 uncond if scale != 1.0 else None, scale, terms["noisy"].dtype)
         return weighted_mse_per_sample(pred, terms["target"].float(), terms["weight"]), pred
 
     # ----------------------------------------------------------------- the round
