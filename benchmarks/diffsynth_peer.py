@@ -171,7 +171,8 @@ def main() -> None:
             row = {"run": name, "error": f"{type(ex).__name__}: {ex}".splitlines()[0][:300]}
         report["rows"].append(row)
         print(json.dumps(row), flush=True)
-        torch.cuda.empty_cache() if device.type == "cuda" else None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     if args.infer_step:
         try:
             row = inference_step(args.steps, size, device, args.smoke)

@@ -114,7 +114,7 @@ def attention_kernels(device: torch.device, heads: int, tokens: int, repeats: in
         def run(q, k, v):
             with sdpa_kernel([backend]):
                 return torch.nn.functional.scaled_dot_product_attention(q, k, v)
-        return run, (1, 2)  # (B, H, S, D)
+        return run, True  # heads first: (B, H, S, D)
 
     kernels = {"flash": sdpa(SDPBackend.FLASH_ATTENTION), "cudnn": sdpa(SDPBackend.CUDNN_ATTENTION),
                "efficient": sdpa(SDPBackend.EFFICIENT_ATTENTION)}
@@ -125,16 +125,16 @@ def attention_kernels(device: torch.device, heads: int, tokens: int, repeats: in
             out = flash_attn_func(q, k, v)
             return out[0] if isinstance(out, tuple) else out
 
-        kernels["flash4"] = (flash4, (2, 1))  # (B, S, H, D)
-    except Exception as ex:  # not installed, or its import fails on this stack
+        kernels["flash4"] = (flash4, False)  # tokens first: (B, S, H, D)
+    except Exception as ex:  # not installed, or its import fails on this stack: the row says why
         kernels["flash4"] = (f"{type(ex).__name__}: {ex}".splitlines()[0][:200], None)
     rows = []
-    for name, (run, layout) in kernels.items():
+    for name, (run, heads_first) in kernels.items():
         row = {"kernel": name, "heads": heads, "tokens": tokens}
         try:
-            if layout is None:
+            if heads_first is None:
                 raise RuntimeError(run)
-            shape = (1, heads, tokens, 128) if layout == (1, 2) else (1, tokens, heads, 128)
+            shape = (1, heads, tokens, 128) if heads_first else (1, tokens, heads, 128)
             rows.append({**row, **time_kernel(device, run, shape, heads * tokens * tokens * 128, repeats)})
         except Exception as ex:
             rows.append({**row, "error": f"{type(ex).__name__}: {ex}".splitlines()[0][:200]})

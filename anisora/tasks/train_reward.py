@@ -89,7 +89,6 @@ def reward_datamodule(settings: dict[str, Any], net, splits, seed: int) -> Rewar
 def train_reward_model(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     from hydra.utils import get_class
 
-
     settings = reward_model_settings(cfg.method)
     splits = reward_splits(settings, cfg.seed)
     data, train_groups = splits[0], splits[1]
