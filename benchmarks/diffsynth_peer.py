@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from datetime import date
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -155,13 +156,11 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available() and not args.smoke:
         sys.exit("benchmarks/diffsynth_peer.py needs a CUDA GPU (or --smoke)")
-    import diffsynth
-
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     size = (5, 32, 32) if args.smoke else tuple(args.size)
     report = {"date": date.today().isoformat(), "device": torch.cuda.get_device_name(device)
               if device.type == "cuda" else "cpu", "torch": torch.__version__,
-              "peer_version": f"diffsynth {getattr(diffsynth, '__version__', '?')}", "clip": list(size),
+              "peer_version": f"diffsynth {metadata.version('diffsynth')}", "clip": list(size),
               "memory_cap_gib": args.memory_cap_gib,
               "command": "python benchmarks/diffsynth_peer.py " + " ".join(sys.argv[1:]), "rows": []}
     for name in args.runs:
