@@ -141,4 +141,3 @@ def test_reward_models_smoke_times_every_model_dimension_and_a_reward_model_step
     assert [r["part"].split(":")[0] for r in rows] == ["DINO ViT-B/16", "CLIP ViT-B/32", "CLIP ViT-L/14 + linear head",
                                                        "reward model (CLIP ViT-L/14, 24 frames)", "reward model"]
     assert all(r["clips_per_s"] > 0 for r in rows[:4]) and rows[4]["step_s"] > 0 and rows[4]["trainable_params"] > 0
-
