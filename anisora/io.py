@@ -95,9 +95,20 @@ def atomic_write_folder(dst: str | Path, write: Callable[[Path], Any], overwrite
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(dst, "partial")
     tmp.mkdir()
-    old: Path | None = None
     try:
         write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return replace_folder(tmp, dst, overwrite, key)
+
+
+def replace_folder(tmp: Path, dst: Path, overwrite: bool = True, key: str = "DST") -> Path:
+    """A filled folder `tmp` (a sibling of `dst`) flushed to disk and renamed to `dst`, the old `dst` moved aside
+    first and removed last; for writers that fill the folder themselves (every rank of a sharded checkpoint).
+    On any failure `dst` is left as it was and `tmp` is removed."""
+    old: Path | None = None
+    try:
         _fsync_tree(tmp)
         old = _clear_for(dst, overwrite, key)
         tmp.rename(dst)

@@ -110,9 +110,19 @@ def assert_same_last_checkpoints(a: Path, b: Path, steps: int) -> dict:
 
 
 def read_checkpoint(path: Path):
-    """(global_step, state_dict) of a Lightning checkpoint, on the CPU."""
+    """(global_step, state_dict) of a Lightning checkpoint, on the CPU: one file, or the folder of a sharded one
+    (FSDP `state_dict_type=sharded`), gathered in this process through torch's DCP."""
+    import tempfile
+
     import torch
 
+    if path.is_dir():
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        with tempfile.TemporaryDirectory() as tmp:
+            dcp_to_torch_save(path, Path(tmp) / "gathered.pt")
+            weights = torch.load(Path(tmp) / "gathered.pt", map_location="cpu", weights_only=False)["model"]
+        return torch.load(path / "meta.pt", map_location="cpu", weights_only=False)["global_step"], weights
     state = torch.load(path, map_location="cpu", weights_only=False)
     return state["global_step"], state["state_dict"]
 

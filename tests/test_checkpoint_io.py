@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from anisora.accelerators.checkpoint_io import AtomicCheckpointIO
+from anisora.accelerators.checkpoint_io import AtomicCheckpointIO, FolderCheckpoints
 from anisora.data.datamodule import SyntheticClipStream, SyntheticDataModule
 from anisora.data.synthetic import WorldConfig
 
@@ -36,3 +38,54 @@ def test_stream_restarts_at_the_saved_position():
     resumed = next(iter(dm.train_dataloader()))
     assert resumed["index"] == first[4:6]
     assert resumed["seed"] != next(iter(SyntheticDataModule(world, 0, 2).train_dataloader()))["seed"]
+
+
+class ShardWriter:
+    """Stands in for a sharded strategy (one process): writes two shard files and a metadata file into the folder
+    it is given, or fails after the first shard."""
+
+    is_global_zero = True
+    fail = False
+
+    def broadcast(self, obj):
+        return obj
+
+    def barrier(self, name=None):
+        pass
+
+    def save_checkpoint(self, checkpoint, filepath, storage_options=None):
+        folder = Path(filepath)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(checkpoint["step"], folder / "shard_0.distcp")
+        if self.fail:
+            raise OSError("rank 1 died")
+        torch.save(checkpoint["step"], folder / "shard_1.distcp")
+        torch.save({"step": checkpoint["step"]}, folder / "meta.pt")
+
+
+class FolderStrategy(FolderCheckpoints, ShardWriter):
+    pass
+
+
+def test_sharded_checkpoint_folder_is_swapped_in_whole_and_survives_a_failed_save(tmp_path):
+    strategy = FolderStrategy()
+    target = tmp_path / "last.ckpt"
+    strategy.save_checkpoint({"step": 1}, target)
+    strategy.save_checkpoint({"step": 2}, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no partial or replaced sibling left
+    assert [torch.load(target / n) for n in ("shard_0.distcp", "shard_1.distcp")] == [2, 2]
+
+    strategy.fail = True
+    with pytest.raises(OSError, match="rank 1 died"):
+        strategy.save_checkpoint({"step": 3}, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert sorted(p.name for p in target.iterdir()) == ["meta.pt", "shard_0.distcp", "shard_1.distcp"]
+    assert torch.load(target / "shard_0.distcp") == 2  # the step-2 checkpoint, untouched
+
+
+def test_a_one_file_fsdp_checkpoint_goes_straight_to_the_strategy(tmp_path):
+    strategy = FolderStrategy()
+    strategy._state_dict_type = "full"
+    assert not strategy.writes_folder()
+    strategy.save_checkpoint({"step": 1}, tmp_path / "last.ckpt")  # the base writes where it is told
+    assert (tmp_path / "last.ckpt" / "meta.pt").is_file()

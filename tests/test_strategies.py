@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import ROOT, TINY, compose, list_files, run_entry, with_fake_npu
+from conftest import ROOT, TINY, compose, killed_and_resumed, list_files, read_checkpoint, run_entry, with_fake_npu
 from omegaconf import OmegaConf
 
 from anisora.accelerators.devices import trainer_device_kwargs
@@ -170,6 +170,26 @@ def test_fsdp_on_cpu_wraps_each_block_and_matches_one_process(single):
     fsdp = train(tmp, "fsdp", "strategy=fsdp", "accelerator.devices=2", "data.batch_size=2")
     assert_same_training(reference, fsdp)
     assert not any("_fsdp_wrapped_module" in k for k in fsdp)  # a full state dict, loadable without FSDP
+
+
+@pytest.mark.slow
+def test_sharded_fsdp_checkpoints_are_whole_folders_and_a_killed_run_resumes_exactly(tmp_path):
+    """Every rank writes its shard into one hidden folder that replaces the checkpoint only when all are done
+    (killed mid-run, possibly mid-save); resumed with ckpt_path=last, the run reaches the uninterrupted weights."""
+    steps = 8
+    overrides = [*[o for o in RUN if not o.startswith("trainer.max_steps")], f"trainer.max_steps={steps}",
+                 "callbacks.checkpoint_every_n_steps=2", "strategy=fsdp", "strategy.state_dict_type=sharded",
+                 "accelerator.devices=2", "data.batch_size=2"]
+    runs = killed_and_resumed(tmp_path, overrides, steps, every=2)
+    for run in runs.values():
+        assert not [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no partials
+    assert (runs["resumed"] / "checkpoints" / "last.ckpt" / "meta.pt").is_file()  # a sharded folder
+    step, reference = read_checkpoint(runs["full"] / "checkpoints" / "last.ckpt")
+    resumed_step, resumed = read_checkpoint(runs["resumed"] / "checkpoints" / "last.ckpt")
+    keys = [k for k in reference if k.startswith("backbone.denoiser.")]
+    assert step == resumed_step == steps and keys and set(keys) <= set(resumed)
+    for key in keys:
+        torch.testing.assert_close(resumed[key], reference[key], atol=2e-5, rtol=1e-4, msg=key)
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, Strategy
 from torch import nn
 
+from anisora.accelerators.checkpoint_io import FolderCheckpoints
 from anisora.config.errors import ConfigError
 
 #: process-group backend per accelerator; `auto` leaves the choice to Lightning (gloo on CPU, nccl on CUDA)
@@ -50,7 +51,7 @@ class StrategySpec:
         return cls(**{k: v for k, v in dict(value).items() if k in known})
 
 
-class AnyDeviceFSDPStrategy(FSDPStrategy):
+class AnyDeviceFSDPStrategy(FolderCheckpoints, FSDPStrategy):
     """FSDP on any accelerator. Being a subclass is what gets past Lightning's `type(strategy) is FSDPStrategy`
     check, which refuses FSDP on the CPU; on the CPU the model is wrapped here with `device_id=cpu` (torch's
     FSDP runs there over gloo, but Lightning passes the device index, None on the CPU, and FSDP then looks for
@@ -108,7 +109,7 @@ def full_state_dict_without_offload(module: nn.Module, rank0_only: bool):
         FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only))
 
 
-class AnyDeviceDeepSpeedStrategy(DeepSpeedStrategy):
+class AnyDeviceDeepSpeedStrategy(FolderCheckpoints, DeepSpeedStrategy):
     """DeepSpeed on the CPU (tests) and NPUs as well as GPUs: only Lightning's CUDA-only accelerator check in
     `setup_environment` is skipped; DeepSpeed picks its own accelerator (DS_ACCELERATOR, else detection)."""
 

@@ -10,6 +10,8 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDevice
 from torch.nn import Module
 from torch.nn.parallel import DistributedDataParallel
 
+from anisora.accelerators.checkpoint_io import FolderCheckpoints
+
 
 class SingleNPUStrategy(SingleDeviceStrategy):
     """One NPU. Lightning would pick SingleDeviceStrategy("cpu") for an unknown accelerator."""
@@ -41,7 +43,7 @@ class NPUDDPStrategy(DDPStrategy):
             torch.distributed.barrier()
 
 
-class NPUFSDPStrategy(FSDPStrategy):
+class NPUFSDPStrategy(FolderCheckpoints, FSDPStrategy):
     """FSDP over HCCL. Being a subclass is what gets past Lightning's `type(strategy) is FSDPStrategy` check
     that refuses FSDP on any accelerator but CUDA."""
 
