@@ -10,7 +10,8 @@ checkpoint is the `learned` scorer (anisora.rewards.learned) for evaluate.py and
 Loss = regression_weight * MSE on standardised scores (censored at the ends of the training scores' range, where
 the output is clamped) + pair_weight * (Bradley-Terry | with ties) on pairs.
 Validation logs, per dimension, Spearman's rho of the predictions against the held-out scores and the accuracy
-on held-out non-tied pairs (val/spearman/<dim>, val/pair_accuracy/<dim>, and their minimum and mean).
+on held-out non-tied pairs (val/spearman/<dim>, val/pair_accuracy/<dim>, and their minimum and mean), both on the
+scores the `learned` scorer returns (clamped), as benchmarks/reward_data.py grades them.
 """
 
 from __future__ import annotations
@@ -102,9 +103,10 @@ class RewardModelMethod(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         rewards = self.rewards(batch)
+        scores = self.net.scores(rewards)  # what the scorer returns: a predicted tie at the range's end counts half
         pairs = batch["pairs"]
-        delta = rewards[pairs[:, 0], pairs[:, 2]] - rewards[pairs[:, 1], pairs[:, 2]]
-        self._held_out.append({"pred": self.net.scores(rewards).float().cpu().numpy(),
+        delta = scores[pairs[:, 0], pairs[:, 2]] - scores[pairs[:, 1], pairs[:, 2]]
+        self._held_out.append({"pred": scores.float().cpu().numpy(),
                                "scores": batch["raw_scores"].cpu().numpy(), "delta": delta.float().cpu().numpy(),
                                "dims": pairs[:, 2].cpu().numpy(), "ties": batch["ties"].cpu().numpy(),
                                "labels": batch["labels"]})
