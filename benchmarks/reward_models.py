@@ -23,6 +23,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,17 +94,16 @@ def reward_model(vision: str, frames: int, device: torch.device):
 
 
 def training_step(method, clips: list[Clip], device: torch.device, autocast):
-    """One AdamW step of the reward model on one group of `clips` (regression on random scores, every pair)."""
+    """One AdamW step of the reward model on one group of `clips` (regression on random scores, every pair), the
+    batch built as the reward data module builds one (`group_item`, `group_pairs`, `collate_groups`)."""
+    from anisora.data.reward_clips import collate_groups, group_item, group_pairs
+
     net = method.net
-    guides = [net.guide_pixels(c.guide_frames[0]) for c in clips]
-    count, dims = len(clips), len(net.dimensions)
-    pairs = torch.tensor([(i, j, d) for d in range(dims) for i in range(count) for j in range(count) if i < j],
-                         device=device)
-    batch = {"pixels": torch.stack([net.pixels(c.frames) for c in clips]).to(device),
-             "prompts": [c.prompt for c in clips], "guide": torch.stack([g for g, _ in guides]).to(device),
-             "has_guide": torch.tensor([h for _, h in guides], device=device),
-             "scores": torch.randn(count, dims, device=device), "pairs": pairs,
-             "ties": torch.zeros(len(pairs), dtype=torch.bool, device=device)}
+    raw = np.random.default_rng(0).standard_normal((len(clips), len(net.dimensions)))
+    item = group_item(torch.stack([net.pixels(c.frames) for c in clips]), [c.prompt for c in clips],
+                      [net.guide_pixels(c.guide_frames[0]) for c in clips], raw, raw, group_pairs(raw, 0.0),
+                      [None] * len(clips))
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in collate_groups([item]).items()}
     opt = method.configure_optimizers()["optimizer"]
 
     def step() -> None:

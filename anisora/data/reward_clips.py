@@ -194,14 +194,20 @@ class RewardGroups(Dataset):
             if a in local and dim in self.dimensions:
                 winner, loser = (local[a], local[b]) if value != 1 else (local[b], local[a])
                 pairs.append((winner, loser, self.dimensions.index(dim), value == 2))
-        return {"pixels": torch.stack([self.pixels(read_frames(c.video, c.scale)) for c in clips]),
-                "prompts": [c.prompt for c in clips],
-                "guide": torch.stack([g for g, _ in guides]),
-                "has_guide": torch.tensor([h for _, h in guides]),
-                "scores": torch.from_numpy((raw - self.mean) / self.std).float(),
-                "raw_scores": torch.from_numpy(raw).float(),
-                "pairs": pairs,
-                "labels": [c.label for c in clips]}
+        return group_item(torch.stack([self.pixels(read_frames(c.video, c.scale)) for c in clips]),
+                          [c.prompt for c in clips], guides, raw, (raw - self.mean) / self.std, pairs,
+                          [c.label for c in clips])
+
+
+def group_item(pixels: torch.Tensor, prompts: list[str], guides: list[tuple[torch.Tensor, bool]], raw: np.ndarray,
+               standardised: np.ndarray, pairs: list[tuple[int, int, int, bool]], labels: list[str | None]
+               ) -> dict[str, Any]:
+    """One group as `collate_groups` takes it: clips' pixels, prompts, guides (pixels, present), scores in their
+    own units and standardised, and the pairs inside the group (winner, loser, dimension, tie)."""
+    return {"pixels": pixels, "prompts": prompts, "guide": torch.stack([g for g, _ in guides]),
+            "has_guide": torch.tensor([h for _, h in guides]),
+            "scores": torch.from_numpy(np.asarray(standardised)).float(),
+            "raw_scores": torch.from_numpy(np.asarray(raw)).float(), "pairs": pairs, "labels": labels}
 
 
 def group_pairs(scores: np.ndarray, tie_margin: float) -> list[tuple[int, int, int, bool]]:
