@@ -25,7 +25,7 @@ from conftest import TINY, list_files, run_entry
         ("train.py", ["data.num_frames=8"], "error: data.num_frames: must be 4n+1 (e.g. 5, 17), got 8"),
         ("train.py", ["data.height=15"], "error: data.height: must be a positive multiple of 2"),
         ("train.py", ["ckpt_path=/no/such/run.ckpt"], "error: ckpt_path: checkpoint /no/such/run.ckpt does not exist"),
-        ("train.py", ["ckpt_path=last"], "error: ckpt_path: last: no checkpoints/last.ckpt under"),
+        ("train.py", ["ckpt_path=last"], "error: ckpt_path: last: no checkpoints/last.ckpt of a diffusion model under"),
         ("infer.py", ["ckpt=/no/such/run.ckpt"], "error: ckpt: checkpoint /no/such/run.ckpt does not exist"),
         ("infer.py", ["guide.frames=[/no/such/first.png]", "prompt=x"],
          "error: guide.frames: guide image /no/such/first.png does not exist"),

@@ -152,16 +152,33 @@ def newest(paths: list[Path]) -> Path | None:
     return max(paths, key=lambda p: p.stat().st_mtime) if paths else None
 
 
-def find_checkpoint(spec: str | None, log_dir: Path, key: str, task: str = "train") -> Path | None:
-    """None -> None; 'last'/'latest' -> newest last.ckpt `task` (train.py) wrote; else an existing file (or the
-    folder of a sharded checkpoint)."""
+def trains_reward_model(run_dir: Path) -> bool | None:
+    """Whether a run folder's config record names the reward model as its method; None without a record."""
+    from anisora.tasks.train_reward import is_reward_model
+
+    record = run_dir / RECORD_CONFIG
+    if not record.is_file():
+        return None
+    return is_reward_model(OmegaConf.load(record).get("method") or OmegaConf.create({}))
+
+
+def find_checkpoint(spec: str | None, log_dir: Path, key: str, task: str = "train",
+                    reward_model: bool = False) -> Path | None:
+    """None -> None; 'last'/'latest' -> newest last.ckpt `task` (train.py) wrote of the kind asked for (a reward
+    model's, or a diffusion model's: train.py writes both under train/, and a reward model is no starting point
+    for infer.py or a diffusion run's resume); else an existing file (or the folder of a sharded checkpoint)."""
     if spec is None:
         return None
     if spec in ("last", "latest"):
-        found = newest(list((log_dir / task).glob("*/checkpoints/last.ckpt")))
-        if found is None:
-            raise ConfigError(key, f"{spec}: no checkpoints/last.ckpt under {log_dir / task}; run {task}.py first")
-        return found
+        found = list((log_dir / task).glob("*/checkpoints/last.ckpt"))
+        kept = [p for p in found if trains_reward_model(p.parent.parent) in (reward_model, None)]
+        chosen = newest(kept)
+        if chosen is None:
+            kind, other = ("a reward model", "diffusion") if reward_model else ("a diffusion model", "reward-model")
+            skipped = f" ({len(found) - len(kept)} {other} runs skipped)" if len(found) > len(kept) else ""
+            raise ConfigError(key, f"{spec}: no checkpoints/last.ckpt of {kind} under {log_dir / task}{skipped}; "
+                                   f"run {task}.py first or give a path")
+        return chosen
     path = Path(spec).expanduser()
     if not path.exists():
         raise ConfigError(key, f"checkpoint {path} does not exist")

@@ -95,7 +95,7 @@ def train_reward_model(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     train_data = RewardData([data.clips[i] for g in train_groups for i in g], [])
     mean, std = score_stats(train_data, settings["dimensions"])
     low, high = score_range(train_data, settings["dimensions"])
-    resume = find_checkpoint(cfg.ckpt_path, Path(cfg.paths.log_dir), "ckpt_path")
+    resume = find_checkpoint(cfg.ckpt_path, Path(cfg.paths.log_dir), "ckpt_path", reward_model=True)
     environment_defaults()
     set_num_threads(cfg.accelerator.num_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
