@@ -89,11 +89,19 @@ def test_offline_gapo_from_a_pairs_file_then_infer_and_evaluate_read_it(tmp_path
 def test_a_round_over_two_ranks_rolls_out_each_prompt_once_and_rank_zero_alone_writes(tmp_path, start):
     """Two torchrun "nodes" of one process each (gloo): the round's 2 prompts split one per rank, both ranks gather
     the same score table (the digest each logs), the logged round metrics are the whole round's, and only global
-    rank 0 writes records, plots, tables and checkpoints (each rank gets its own run folder to show it)."""
-    args = [*RL, "rl.rounds=1", "rl.eval_every=1", "rl.eval_prompts=1", "rl.updates_per_round=1", f"ckpt={start}",
-            "strategy=ddp", "accelerator.num_nodes=2", "accelerator.devices=1", f"paths.log_dir={tmp_path}",
+    rank 0 writes records, plots, tables and checkpoints (each rank gets its own run folder to show it). The held-out
+    prompts (3: blocks of 2 and 1) split over the ranks too, and the starting held-out means are one process's."""
+    common = [*RL, "rl.rounds=1", "rl.eval_every=1", "rl.eval_prompts=3", "rl.updates_per_round=1", f"ckpt={start}"]
+    args = [*common, "strategy=ddp", "accelerator.num_nodes=2", "accelerator.devices=1", f"paths.log_dir={tmp_path}",
             f"hydra.run.dir={tmp_path}/rank${{oc.env:RANK}}"]
     outputs = two_nodes(["rl_finetune.py", *args], 1)
+    alone = run_entry("rl_finetune.py", *common, log_dir=tmp_path / "alone", run_dir=tmp_path / "alone" / "run")
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    first_alone = json.loads((tmp_path / "alone" / "run" / "heldout.json").read_text())[0]
+    first_split = json.loads((tmp_path / "rank0" / "heldout.json").read_text())[0]
+    assert first_split.keys() == first_alone.keys()
+    for key, value in first_alone.items():
+        assert first_split[key] == pytest.approx(value, rel=1e-4, abs=1e-5, nan_ok=True), key
     seen = [re.findall(r"round 1, rank (\d) of 2: prompts \[(\d)\]; the round's table: 4 samples of 2 prompts, "
                        r"digest (\w+)", out) for out in outputs]
     assert [len(found) for found in seen] == [1, 1], outputs[0][-3000:]

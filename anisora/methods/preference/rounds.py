@@ -55,6 +55,14 @@ def round_share(count: int, rank: int, world: int) -> slice:
     return slice(rank * share, (rank + 1) * share)
 
 
+def block_share(count: int, rank: int, world: int) -> slice:
+    """Rank `rank`'s contiguous block of `count` items split as evenly as they go over `world` ranks (the last
+    blocks may be shorter or empty): held-out prompts, whose count need not divide."""
+    per = -(-count // world)
+    start = min(count, rank * per)
+    return slice(start, min(count, start + per))
+
+
 def fill_nan(values: torch.Tensor) -> torch.Tensor:
     """NaN rewards (a dimension that does not apply) replaced by the worst finite one (0 when none is)."""
     finite = values[~values.isnan()]
@@ -304,22 +312,29 @@ class PreferenceMethod(DiffusionMethod):
 
     @torch.no_grad()
     def held_out(self) -> dict[str, float]:
-        """Mean scores on the benchmark prompts (first frame + caption, fixed seeds, the model alone)."""
+        """Mean scores on the benchmark prompts (first frame + caption, fixed seeds, the model alone). Each
+        data-parallel rank samples its block of the prompts (a prompt's seed is its index, so the split does not
+        change its sample) and every rank gets the same means, from all the blocks."""
         from anisora.data.synthetic import benchmark_clips
         from anisora.inference.pipeline import from_uint8_frames
         from anisora.tasks.infer import world_from_data
 
         data = dict(self.hparams.data)
         clips = benchmark_clips(world_from_data(data), int(data.get("seed", 0)), self.settings.eval_prompts)
-        video = torch.stack([from_uint8_frames(c.video) for c in clips]).to(self.device)
-        guide, mask = self.guide_pairs(video)
-        spec = self.held_out_spec()
-        captions = [c.caption for c in clips]
-        cond, uncond = self.conditioning(captions, guide, mask, spec)
-        with self.roles.use(self.sample_role):
-            out = rollout(self.backbone, cond, uncond, self.backbone.latent_shape(*video.shape[2:]), spec,
-                          seeds=list(range(len(clips))))
-        return mean_scores(self.score(out.latents, guide, mask, captions, [c.truth.to_json() for c in clips]))
+        rank, world, _ = self.data_parallel_place()
+        mine = list(range(len(clips)))[block_share(len(clips), rank, world)]
+        rows: list[dict[str, float]] = []
+        if mine:
+            video = torch.stack([from_uint8_frames(clips[i].video) for i in mine]).to(self.device)
+            guide, mask = self.guide_pairs(video)
+            spec = self.held_out_spec()
+            captions = [clips[i].caption for i in mine]
+            cond, uncond = self.conditioning(captions, guide, mask, spec)
+            with self.roles.use(self.sample_role):
+                out = rollout(self.backbone, cond, uncond, self.backbone.latent_shape(*video.shape[2:]), spec,
+                              seeds=mine)
+            rows = self.score(out.latents, guide, mask, captions, [clips[i].truth.to_json() for i in mine])
+        return mean_scores([row for part in self.gather(rows) for row in part])
 
     def evaluate_and_guard(self, log_metrics: bool = True) -> dict[str, float]:
         """Held-out scores now, logged and kept in `history`; a guarded dimension that fell more than allowed
