@@ -154,12 +154,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="toy sizes on any device: checks this script")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "infer_wan14b_diffsynth.json")
     args = parser.parse_args()
-    references = {}
-    for item in args.reference:
-        name, sep, file = item.partition("=")
-        if not sep or not Path(file).is_file():
-            sys.exit(f"--reference {item}: expected NAME=FILE with an existing latents file (--save-latents)")
-        references[name] = Path(file)
+    references = infer_latency.reference_files(args.reference)
     if not torch.cuda.is_available() and not args.smoke:
         sys.exit("benchmarks/diffsynth_infer.py needs a CUDA GPU (or --smoke)")
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")

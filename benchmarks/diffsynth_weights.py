@@ -25,6 +25,11 @@ _RESNET = {"norm1": "residual.0", "conv1": "residual.2", "norm2": "residual.3", 
            "conv_shortcut": "shortcut"}
 
 
+def _rules(*pairs: tuple[str, str | Callable[[re.Match], str]]) -> Rules:
+    """(pattern, target) pairs -> compiled rules; a name takes the first that matches."""
+    return [(re.compile(pattern), target) for pattern, target in pairs]
+
+
 def _resnet(rest: str) -> str:
     part, _, leaf = rest.partition(".")
     return f"{_RESNET[part]}.{leaf}" if part in _RESNET else rest
@@ -32,46 +37,46 @@ def _resnet(rest: str) -> str:
 
 def _vae_rules(stage: int) -> Rules:
     """`stage`: entries of one decoder stage in Wan's flat `upsamples` list (its resnets, then its upsampler)."""
-    return [
-        (re.compile(r"^quant_conv\.(.+)$"), r"conv1.\1"),
-        (re.compile(r"^post_quant_conv\.(.+)$"), r"conv2.\1"),
-        (re.compile(r"^(encoder|decoder)\.conv_in\.(.+)$"), r"\1.conv1.\2"),
-        (re.compile(r"^(encoder|decoder)\.norm_out\.(.+)$"), r"\1.head.0.\2"),
-        (re.compile(r"^(encoder|decoder)\.conv_out\.(.+)$"), r"\1.head.2.\2"),
-        (re.compile(r"^(encoder|decoder)\.mid_block\.attentions\.0\.(.+)$"), r"\1.middle.1.\2"),
-        (re.compile(r"^(encoder|decoder)\.mid_block\.resnets\.([01])\.(.+)$"),
+    return _rules(
+        (r"^quant_conv\.(.+)$", r"conv1.\1"),
+        (r"^post_quant_conv\.(.+)$", r"conv2.\1"),
+        (r"^(encoder|decoder)\.conv_in\.(.+)$", r"\1.conv1.\2"),
+        (r"^(encoder|decoder)\.norm_out\.(.+)$", r"\1.head.0.\2"),
+        (r"^(encoder|decoder)\.conv_out\.(.+)$", r"\1.head.2.\2"),
+        (r"^(encoder|decoder)\.mid_block\.attentions\.0\.(.+)$", r"\1.middle.1.\2"),
+        (r"^(encoder|decoder)\.mid_block\.resnets\.([01])\.(.+)$",
          lambda m: f"{m[1]}.middle.{2 * int(m[2])}.{_resnet(m[3])}"),
-        (re.compile(r"^encoder\.down_blocks\.(\d+)\.(.+)$"), lambda m: f"encoder.downsamples.{m[1]}.{_resnet(m[2])}"),
-        (re.compile(r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)$"),
+        (r"^encoder\.down_blocks\.(\d+)\.(.+)$", lambda m: f"encoder.downsamples.{m[1]}.{_resnet(m[2])}"),
+        (r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)$",
          lambda m: f"decoder.upsamples.{stage * int(m[1]) + int(m[2])}.{_resnet(m[3])}"),
-        (re.compile(r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.(.+)$"),
+        (r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.(.+)$",
          lambda m: f"decoder.upsamples.{stage * int(m[1]) + stage - 1}.{m[2]}"),
-    ]
+    )
 
 
-_T5_RULES: Rules = [
-    (re.compile(r"^shared\.weight$"), "token_embedding.weight"),
-    (re.compile(r"^encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.([qkvo])\.weight$"), r"blocks.\1.attn.\2.weight"),
-    (re.compile(r"^encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.relative_attention_bias\.weight$"),
+_T5_RULES = _rules(
+    (r"^shared\.weight$", "token_embedding.weight"),
+    (r"^encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.([qkvo])\.weight$", r"blocks.\1.attn.\2.weight"),
+    (r"^encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.relative_attention_bias\.weight$",
      r"blocks.\1.pos_embedding.embedding.weight"),
-    (re.compile(r"^encoder\.block\.(\d+)\.layer\.0\.layer_norm\.weight$"), r"blocks.\1.norm1.weight"),
-    (re.compile(r"^encoder\.block\.(\d+)\.layer\.1\.layer_norm\.weight$"), r"blocks.\1.norm2.weight"),
-    (re.compile(r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wi_0\.weight$"), r"blocks.\1.ffn.gate.0.weight"),
-    (re.compile(r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wi_1\.weight$"), r"blocks.\1.ffn.fc1.weight"),
-    (re.compile(r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wo\.weight$"), r"blocks.\1.ffn.fc2.weight"),
-    (re.compile(r"^encoder\.final_layer_norm\.weight$"), "norm.weight"),
-]
+    (r"^encoder\.block\.(\d+)\.layer\.0\.layer_norm\.weight$", r"blocks.\1.norm1.weight"),
+    (r"^encoder\.block\.(\d+)\.layer\.1\.layer_norm\.weight$", r"blocks.\1.norm2.weight"),
+    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wi_0\.weight$", r"blocks.\1.ffn.gate.0.weight"),
+    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wi_1\.weight$", r"blocks.\1.ffn.fc1.weight"),
+    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wo\.weight$", r"blocks.\1.ffn.fc2.weight"),
+    (r"^encoder\.final_layer_norm\.weight$", "norm.weight"),
+)
 
-_CLIP_RULES: Rules = [
-    (re.compile(r"^embeddings\.patch_embedding\.weight$"), "patch_embedding.weight"),
-    (re.compile(r"^pre_layrnorm\.(.+)$"), r"pre_norm.\1"),
-    (re.compile(r"^post_layernorm\.(.+)$"), r"post_norm.\1"),
-    (re.compile(r"^encoder\.layers\.(\d+)\.layer_norm1\.(.+)$"), r"transformer.\1.norm1.\2"),
-    (re.compile(r"^encoder\.layers\.(\d+)\.layer_norm2\.(.+)$"), r"transformer.\1.norm2.\2"),
-    (re.compile(r"^encoder\.layers\.(\d+)\.self_attn\.out_proj\.(.+)$"), r"transformer.\1.attn.proj.\2"),
-    (re.compile(r"^encoder\.layers\.(\d+)\.mlp\.fc1\.(.+)$"), r"transformer.\1.mlp.0.\2"),
-    (re.compile(r"^encoder\.layers\.(\d+)\.mlp\.fc2\.(.+)$"), r"transformer.\1.mlp.2.\2"),
-]
+_CLIP_RULES = _rules(
+    (r"^embeddings\.patch_embedding\.weight$", "patch_embedding.weight"),
+    (r"^pre_layrnorm\.(.+)$", r"pre_norm.\1"),
+    (r"^post_layernorm\.(.+)$", r"post_norm.\1"),
+    (r"^encoder\.layers\.(\d+)\.layer_norm1\.(.+)$", r"transformer.\1.norm1.\2"),
+    (r"^encoder\.layers\.(\d+)\.layer_norm2\.(.+)$", r"transformer.\1.norm2.\2"),
+    (r"^encoder\.layers\.(\d+)\.self_attn\.out_proj\.(.+)$", r"transformer.\1.attn.proj.\2"),
+    (r"^encoder\.layers\.(\d+)\.mlp\.fc1\.(.+)$", r"transformer.\1.mlp.0.\2"),
+    (r"^encoder\.layers\.(\d+)\.mlp\.fc2\.(.+)$", r"transformer.\1.mlp.2.\2"),
+)
 _CLIP_QKV = re.compile(r"^encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$")
 
 

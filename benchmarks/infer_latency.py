@@ -430,6 +430,17 @@ def merge(paths: list[Path], out_path: Path, versus: Path | None = None) -> None
     print_table(merged)
 
 
+def reference_files(items: list[str]) -> dict[str, Path]:
+    """`--reference NAME=FILE` values -> {NAME: FILE}; exits in one line on a missing file, before any model."""
+    references = {}
+    for item in items:
+        name, sep, file = item.partition("=")
+        if not sep or not Path(file).is_file():
+            sys.exit(f"--reference {item}: expected NAME=FILE with an existing latents file (--save-latents)")
+        references[name] = Path(file)
+    return references
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="wan14b", choices=["wan14b", "cogvideox5b"])
@@ -457,12 +468,7 @@ def main() -> None:
     if args.merge:
         merge(args.merge, args.out or ROOT / "benchmarks" / "results" / f"infer_{args.model}.json", args.versus)
         return
-    references = {}
-    for item in args.reference:
-        name, sep, file = item.partition("=")
-        if not sep or not Path(file).is_file():
-            sys.exit(f"--reference {item}: expected NAME=FILE with an existing latents file (--save-latents)")
-        references[name] = Path(file)
+    references = reference_files(args.reference)
     if not torch.cuda.is_available() and not args.smoke:
         sys.exit("benchmarks/infer_latency.py needs a CUDA GPU (or --smoke)")
     main_process = True
