@@ -2,6 +2,7 @@
 real-size towers (random weights: speed and memory only), and one reward-model training step.
 
     python -m benchmarks.reward_models                        # one GPU: 81 frames of 480 x 832
+    python -m benchmarks.reward_models --cpu --clips 1 --repeats 1 --group 2   # the same sizes on a CPU
     python -m benchmarks.reward_models --smoke                # tiny towers on any device: checks this script
 
 The towers are the published configurations with random weights (no weights are downloaded): DINO ViT-B/16 for
@@ -126,11 +127,12 @@ def main() -> None:
     parser.add_argument("--reward-frames", type=int, default=24, help="the reward model's sampled frames")
     parser.add_argument("--group", type=int, default=4, help="clips in the training step's group")
     parser.add_argument("--smoke", action="store_true", help="tiny towers and clips on any device")
+    parser.add_argument("--cpu", action="store_true", help="full size on the CPU (minutes per part)")
     parser.add_argument("--out", type=Path, default=RESULTS / "reward_models.json")
     args = parser.parse_args()
-    if not torch.cuda.is_available() and not args.smoke:
-        sys.exit("benchmarks/reward_models.py needs a CUDA GPU (or --smoke)")
-    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    if not torch.cuda.is_available() and not (args.smoke or args.cpu):
+        sys.exit("benchmarks/reward_models.py needs a CUDA GPU (or --cpu, or --smoke)")
+    device = torch.device("cuda", 0) if torch.cuda.is_available() and not args.cpu else torch.device("cpu")
     f, h, w = (9, 64, 64) if args.smoke else (args.frames, args.height, args.width)
     world = WorldConfig(num_frames=f, height=h, width=w, sprite_size=max(9, min(h, w) // 4))
     video = make_clip(world, 0, "benchmark", 0, motion_score=2.0, direction="right")
@@ -151,7 +153,8 @@ def main() -> None:
             scorer = VBenchScorer(**{"dino": None, "clip": None, "clip_large": None, "aesthetic_head": None,
                                      **weights}, device=device, batch_frames=32)
             seconds, peak = timed(device, lambda s=scorer: s.score(clips), args.repeats)
-            report["rows"].append({"part": name, "clips_per_s": len(clips) / seconds, "peak_gib": peak})
+            report["rows"].append({"part": name, "clips_per_s": len(clips) / seconds,
+                                   "seconds_per_clip": seconds / len(clips), "peak_gib": peak})
             print(json.dumps(report["rows"][-1]), flush=True)
             del scorer
         method = reward_model(paths["clip_large"], args.reward_frames, device)
@@ -159,14 +162,16 @@ def main() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext():
             seconds, peak = timed(device, lambda: scorer.score(clips), args.repeats)
         report["rows"].append({"part": f"reward model (CLIP ViT-L/14, {args.reward_frames} frames): scoring",
-                               "clips_per_s": len(clips) / seconds, "peak_gib": peak})
+                               "clips_per_s": len(clips) / seconds, "seconds_per_clip": seconds / len(clips),
+                               "peak_gib": peak})
         print(json.dumps(report["rows"][-1]), flush=True)
         method.train()
         step = training_step(method, clips[: args.group], device, bf16)
         seconds, peak = timed(device, step, args.repeats)
+        trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
         report["rows"].append({"part": f"reward model: one training step, a group of {args.group} clips, every pair",
-                               "step_s": seconds, "peak_gib": peak,
-                               "trainable_params": sum(p.numel() for p in method.parameters() if p.requires_grad)})
+                               "step_s": seconds, "peak_gib": peak, "trainable_params": trainable,
+                               "trainable_params_m": trainable / 1e6})
         print(json.dumps(report["rows"][-1]), flush=True)
     for row in report["rows"]:
         print_key_values(row)
