@@ -35,10 +35,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import backbones  # noqa: E402
 import infer_latency  # noqa: E402
-from backbones import NATIVE, PROMPT, ROOT, build, guide_for  # noqa: E402
+from backbones import NATIVE, PROMPT, ROOT, build, guide_for, timed  # noqa: E402
 from diffsynth_weights import diffsynth_models, parity  # noqa: E402
 
-from anisora.accelerators.devices import peak_memory_gib, reset_peak_memory, synchronize  # noqa: E402
+from anisora.accelerators.devices import synchronize  # noqa: E402
 
 TEACACHE_MODEL = "Wan2.1-I2V-14B-480P"
 ROWS = {  # name -> its pipeline's settings; compiled rows last (compile_pipeline stays on the blocks)
@@ -131,15 +131,10 @@ def call_kwargs(image, f: int, h: int, w: int, steps: int, shift: float, setting
 
 def run_row(pipe, probe: Probe, kwargs: dict, device: torch.device) -> dict:
     probe.reset()
-    synchronize(device)
-    reset_peak_memory(device)
-    start = time.perf_counter()
-    video = pipe(**kwargs)
-    synchronize(device)
-    total = time.perf_counter() - start
+    video, total, peak = timed(device, pipe, **kwargs)
     steps = kwargs["num_inference_steps"]
     return {"total_s": total, "dit_step_s": probe.dit_s / steps, "vae_decode_s": probe.decode_s,
-            "peak_gib": peak_memory_gib(device), "frames": infer_latency.unit_frames(video), "latents": probe.latents}
+            "peak_gib": peak, "frames": infer_latency.unit_frames(video), "latents": probe.latents}
 
 
 def main() -> None:

@@ -174,7 +174,10 @@ def diffsynth_models(backbone, dtype: torch.dtype) -> dict[str, torch.nn.Module]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+    """infer_latency.py's relative L2, in fp32 (the components may run in bf16)."""
+    from infer_latency import rel_l2
+
+    return rel_l2(a.float(), b.float())
 
 
 @torch.no_grad()

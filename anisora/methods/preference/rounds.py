@@ -51,8 +51,7 @@ def round_share(count: int, rank: int, world: int) -> slice:
     if count % world:
         raise ConfigError("rl.prompts_per_round", f"{count} prompts per round do not split evenly over {world} "
                                                   f"data-parallel ranks: use a multiple of {world}")
-    share = count // world
-    return slice(rank * share, (rank + 1) * share)
+    return block_share(count, rank, world)
 
 
 def block_share(count: int, rank: int, world: int) -> slice:
