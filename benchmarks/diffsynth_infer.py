@@ -1,6 +1,7 @@
 """DiffSynth-Studio's own Wan2.1 I2V pipeline on the seeded weights of benchmarks/infer_latency.py, row by row.
 
     python benchmarks/diffsynth_infer.py --reference stock=DIR/stock.pt --save-latents DIR   # one GPU, 480x832x81
+    python benchmarks/diffsynth_infer.py --stock --rows diffsynth_teacache0.26     # stock diffusers timed here too
     python benchmarks/diffsynth_infer.py --rows diffsynth_teacache0.26 --reference stock=DIR/stock.pt
     python benchmarks/diffsynth_infer.py --smoke                      # toy DiT/T5/VAE (real ViT-H) on any device
     python benchmarks/infer_latency.py --merge benchmarks/results/infer_wan14b_peers.json \\
@@ -14,8 +15,9 @@ seed (its noise is drawn exactly as the stock pipeline draws it). Its scheduler'
 (`--sigma-shift`; its own default is 5.0), so that fidelity to stock measures its solver, not another schedule.
 Rows: its defaults; its exact speed-ups (batched CFG `cfg_merge` and its regional `compile_pipeline`); TeaCache at
 the thresholds TeaCache publishes for Wan2.1 I2V-14B 480P (0.13 and 0.26, its `tea_cache_model_id`
-coefficients), alone and compiled. Fidelity: PSNR and latent relative L2 to stock diffusers (`--reference`, latents
-infer_latency.py saved, decoded here by the same VAE) and to this run's default row. Attention is what DiffSynth's
+coefficients), alone and compiled. Fidelity: PSNR and latent relative L2 to stock diffusers (`--stock`: its
+pipeline timed first in this process on the same modules; or `--reference`, latents infer_latency.py saved,
+decoded here by the same VAE) and to this run's default row. Attention is what DiffSynth's
 own dispatch picks (FlashAttention-3, -2, Sage, else PyTorch SDPA). Writes
 benchmarks/results/infer_wan14b_diffsynth.json, in infer_latency.py's format, for its --merge.
 """
@@ -144,12 +146,16 @@ def main() -> None:
     parser.add_argument("--sigma-shift", type=float, default=3.0, help="its scheduler's shift (stock: 3.0)")
     parser.add_argument("--reference", action="append", default=[], metavar="NAME=FILE",
                         help="latents infer_latency.py saved (stock=DIR/stock.pt): every row's fidelity to them")
+    parser.add_argument("--stock", action="store_true",
+                        help="first run diffusers' own pipeline on the same modules: a stock row and reference here")
     parser.add_argument("--save-latents", type=Path, default=None, metavar="DIR")
     parser.add_argument("--check", action="store_true", help="only measure each component's parity, then exit")
     parser.add_argument("--smoke", action="store_true", help="toy sizes on any device: checks this script")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "infer_wan14b_diffsynth.json")
     args = parser.parse_args()
     references = infer_latency.reference_files(args.reference)
+    if args.stock and "stock" in references:
+        sys.exit("--stock and --reference stock=...: give one of them")
     if not torch.cuda.is_available() and not args.smoke:
         sys.exit("benchmarks/diffsynth_infer.py needs a CUDA GPU (or --smoke)")
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
@@ -164,7 +170,7 @@ def main() -> None:
     backbone = build("wan14b", device, args.smoke)
     dtype = next(backbone.denoiser.parameters()).dtype
     torch.manual_seed(0)
-    g, _ = guide_for(f, h, w, device)  # the guide infer_latency.py draws, from the same seed
+    g, m = guide_for(f, h, w, device)  # the guide infer_latency.py draws, from the same seed
     from anisora.backbones.wan_parts import to_pil_images
 
     image = to_pil_images(g[:, :, 0])[0]
@@ -182,6 +188,13 @@ def main() -> None:
     if args.check:
         return
     refs = {name: infer_latency.decoded(backbone, torch.load(file), f, device) for name, file in references.items()}
+    if args.stock:  # the same run's stock diffusers row, timed first as infer_latency.py times it
+        backbones.warm_up_stages(backbone, g, m)
+        refs["stock"] = stock = infer_latency.run_stock(backbone, g, steps, device)
+        report["rows"].append(infer_latency.stock_row(stock))
+        print(json.dumps(report["rows"][-1]), flush=True)
+        if args.save_latents is not None:
+            infer_latency.save_output(stock, args.save_latents, infer_latency.STOCK)
     probe = Probe(pipe, device)
     run_row(pipe, probe, call_kwargs(image, f, h, w, 1, args.sigma_shift, {}), device)  # warm-up, not timed
     compiled = False
@@ -208,6 +221,7 @@ def main() -> None:
         except Exception as ex:  # one row's failure (out of memory, a compile error) still reports the rest
             row["error"] = f"{type(ex).__name__}: {ex}".splitlines()[0][:300]
         report["rows"].append(row)
+        infer_latency.add_ratios(report)
         print(json.dumps(row), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -233,6 +233,12 @@ def run_stock(backbone, g: torch.Tensor, steps: int, device: torch.device, prepa
     return row
 
 
+def stock_row(stock: dict) -> dict:
+    """The results row of a `run_stock` output: its timings, no tensors."""
+    return {"variant": STOCK, **{k: stock[k] for k in ("total_s", "peak_gib", "dit_s", "dit_calls", "dit_step_s")
+                                 if k in stock}}
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = float(((a - b) ** 2).mean())
     return 100.0 if mse == 0 else 10 * math.log10(1.0 / mse)
@@ -521,8 +527,7 @@ def main() -> None:
 
     if not args.no_stock:
         outputs[STOCK] = stock = run_stock(backbone, g, steps, device)
-        report["rows"].append({"variant": STOCK, **{k: stock[k] for k in ("total_s", "peak_gib", "dit_s", "dit_calls",
-                                                                           "dit_step_s") if k in stock}})
+        report["rows"].append(stock_row(stock))
         write()
         if main_process and args.save_latents is not None:
             save_output(stock, args.save_latents, STOCK)

@@ -44,10 +44,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from anisora.accelerators.devices import (  # noqa: E402
     cap_memory,
     empty_cache,
+    local_flash_4,
     peak_memory_gib,
     reset_peak_memory,
     synchronize,
 )
+from anisora.config.errors import ConfigError  # noqa: E402
 
 CLIP = ["data.num_frames=81", "data.height=480", "data.width=832", "accelerator=gpu"]
 COMMON = ["model.init=random", "logger=none", "callbacks.progress_bar=none", "callbacks.sample_videos=false",
@@ -60,6 +62,8 @@ RUNS: dict[str, list[str]] = {  # name -> train.py overrides (on top of COMMON a
     "wan1.3b_none": ["model=wan1.3b", "trainer.activation_checkpointing=none"],
     "wan1.3b_full": ["model=wan1.3b", "trainer.activation_checkpointing=full"],
     "wan1.3b_ops_sdpa": ["model=wan1.3b", "trainer.activation_checkpointing=ops", "accelerator.attention_backend=null"],
+    "wan1.3b_ops_flash4": ["model=wan1.3b", "trainer.activation_checkpointing=ops",
+                           "accelerator.attention_backend=flash_4"],
     "wan14b_lora": ["model=wan14b", "model.lora.rank=32", "model.lora.alpha=32",
                     "trainer.activation_checkpointing=full"],
     # two GPUs (nvidia-h200-x2): one run per process, Lightning launches the second rank
@@ -119,15 +123,15 @@ def attention_kernels(device: torch.device, heads: int, tokens: int, repeats: in
     kernels = {"flash": sdpa(SDPBackend.FLASH_ATTENTION), "cudnn": sdpa(SDPBackend.CUDNN_ATTENTION),
                "efficient": sdpa(SDPBackend.EFFICIENT_ATTENTION)}
     try:
-        from flash_attn.cute import flash_attn_func
+        flash_attn_func = local_flash_4()
 
         def flash4(q, k, v):
             out = flash_attn_func(q, k, v)
             return out[0] if isinstance(out, tuple) else out
 
         kernels["flash4"] = (flash4, False)  # tokens first: (B, S, H, D)
-    except Exception as ex:  # not installed, or its import fails on this stack: the row says why
-        kernels["flash4"] = (f"{type(ex).__name__}: {ex}".splitlines()[0][:200], None)
+    except ConfigError as ex:  # not installed, or its import fails on this stack: the row says why
+        kernels["flash4"] = (str(ex).splitlines()[0][:300], None)
     rows = []
     for name, (run, heads_first) in kernels.items():
         row = {"kernel": name, "heads": heads, "tokens": tokens}

@@ -189,3 +189,52 @@ def test_full_taylorseer_that_cannot_fit_the_gpu_is_refused_before_sampling(monk
     with pytest.raises(ConfigError, match=r"speedup\.cache: taylorseer keeps 150 GiB .*=taylorseer_lite"):
         check_cache_memory(backbone, SpeedupSpec(cache="taylorseer"), (16, 21, 60, 104), 2, torch.device("cuda"))
     check_cache_memory(backbone, SpeedupSpec(cache="taylorseer"), (16, 21, 30, 52), 1, torch.device("cuda"))  # fits
+
+
+def test_flash_4_runs_the_installed_package_kernel_through_diffusers(monkeypatch):
+    """`accelerator.attention_backend=flash_4` routes every attention call to `flash_attn.cute.flash_attn_func`
+    (tokens-first q, k, v) with no Hub download, and matches the default kernel."""
+    import sys
+    import types
+
+    from anisora.accelerators.devices import set_attention_backend
+
+    calls = []
+
+    def flash_attn_func(q, k, v, softmax_scale=None, causal=False):
+        calls.append(q.shape)
+        out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                               scale=softmax_scale, is_causal=causal)
+        return out.transpose(1, 2), None
+
+    package = types.ModuleType("flash_attn")
+    package.__path__ = []
+    cute = types.ModuleType("flash_attn.cute")
+    cute.flash_attn_func = flash_attn_func
+    package.cute = cute
+    monkeypatch.setitem(sys.modules, "flash_attn", package)
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
+    backbone = build_tiny_backbone(TinyBackboneSpec(num_layers=2, num_attention_heads=2, attention_head_dim=8,
+                                                    ffn_dim=16, text_dim=16, text_layers=1, text_heads=2)).eval()
+    denoiser = backbone.denoiser
+    torch.manual_seed(0)
+    x = torch.randn(1, denoiser.config.in_channels, 2, 8, 8)
+    text = torch.randn(1, 4, denoiser.config.text_dim)
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        want = denoiser(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+        assert set_attention_backend(denoiser, "flash_4") == "flash_4"
+        got = denoiser(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+        denoiser.set_attention_backend("native")
+    assert len(calls) >= 2 and len(calls[0]) == 4  # self- and cross-attention of each block, (B, S, H, D)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_flash_4_without_the_package_fails_in_one_line(monkeypatch):
+    import sys
+
+    from anisora.accelerators.devices import check_attention_backend
+
+    monkeypatch.setitem(sys.modules, "flash_attn", None)
+    with pytest.raises(ConfigError, match="^accelerator.attention_backend: flash_4 needs the flash-attn-4 package"):
+        check_attention_backend("flash_4")

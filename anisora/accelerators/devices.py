@@ -87,13 +87,34 @@ def trainer_device_kwargs(name: str, devices: Any, strategy: str | Mapping[str, 
 AUTO_ATTENTION = "auto"
 
 
-def pick_attention_backend(device: torch.device, dtype: torch.dtype) -> str | None:
-    """The fastest exact attention kernel of a device for 16-bit activations: FlashAttention-3 when installed,
-    else cuDNN's fused attention on Hopper and newer; PyTorch's flash kernel on Ampere/Ada; the fused NPU kernel
-    on Ascend; None (PyTorch's own SDPA choice) elsewhere and for fp32, which the fused kernels do not take.
-    Approximate kernels (sage) are never picked: name them yourself."""
+#: FlashAttention-4 from the local `flash-attn-4` package (CuTe DSL): diffusers knows it only as a kernel downloaded
+#: from the Hub (`flash_4_hub`); this name runs that backend with the installed package's kernel, offline
+LOCAL_FLASH_4 = "flash_4"
+#: Hopper and newer, fastest exact kernel first among those installed: FlashAttention-3, then cuDNN's fused
+#: attention. FlashAttention-4 is left out of `auto` on Hopper: see benchmarks/README.md, attention kernels
+HOPPER_ORDER = ("_flash_3", "_native_cudnn")
+
+
+def installed_attention_kernels() -> set[str]:
+    """The optional exact kernels whose packages import here (`_flash_3`, `flash_4`)."""
     import importlib.util
 
+    found = set()
+    if importlib.util.find_spec("flash_attn_interface"):
+        found.add("_flash_3")
+    try:
+        if importlib.util.find_spec("flash_attn") and importlib.util.find_spec("flash_attn.cute"):
+            found.add(LOCAL_FLASH_4)
+    except (ImportError, ValueError):  # a broken or namespace-only flash_attn package
+        pass
+    return found
+
+
+def pick_attention_backend(device: torch.device, dtype: torch.dtype) -> str | None:
+    """The fastest exact attention kernel of a device for 16-bit activations: on Hopper and newer the first of
+    `HOPPER_ORDER` that is installed (cuDNN needs no package); PyTorch's flash kernel on Ampere/Ada; the fused NPU
+    kernel on Ascend; None (PyTorch's own SDPA choice) elsewhere and for fp32, which the fused kernels do not take.
+    Approximate kernels (sage) are never picked: name them yourself."""
     if dtype not in (torch.bfloat16, torch.float16):
         return None
     if device.type == "npu":
@@ -102,7 +123,8 @@ def pick_attention_backend(device: torch.device, dtype: torch.dtype) -> str | No
     if capability is None:
         return None
     if capability >= (9, 0):
-        return "_flash_3" if importlib.util.find_spec("flash_attn_interface") else "_native_cudnn"
+        installed = installed_attention_kernels() | {"_native_cudnn"}
+        return next(name for name in HOPPER_ORDER if name in installed)
     return "_native_flash" if capability >= (8, 0) else None
 
 
@@ -110,11 +132,46 @@ def check_attention_backend(name: str | None) -> None:
     """Fail before any model is built on a name diffusers does not know."""
     if not name or name == AUTO_ATTENTION:
         return
+    if name == LOCAL_FLASH_4:
+        local_flash_4()
+        return
     from diffusers.models.attention_dispatch import AttentionBackendName
 
     allowed = [b.value for b in AttentionBackendName]
     if name not in allowed:
-        raise ConfigError("accelerator.attention_backend", f"expected one of {', '.join(allowed)}; got {name!r}")
+        raise ConfigError("accelerator.attention_backend",
+                          f"expected one of {', '.join([LOCAL_FLASH_4, *allowed])}; got {name!r}")
+
+
+def local_flash_4():
+    """The installed FlashAttention-4 kernel (`flash_attn.cute.flash_attn_func`), or a one-line error naming the key."""
+    try:
+        from flash_attn.cute import flash_attn_func
+    except Exception as ex:  # not installed, or its CUDA DSL fails to import on this stack
+        raise ConfigError("accelerator.attention_backend", f"{LOCAL_FLASH_4} needs the flash-attn-4 package "
+                          f"(pip install flash-attn-4); importing flash_attn.cute failed: "
+                          f"{type(ex).__name__}: {ex}".splitlines()[0]) from None
+    return flash_attn_func
+
+
+def use_local_flash_4(denoiser: torch.nn.Module) -> None:
+    """Point every attention processor of `denoiser` at diffusers' `flash_4_hub` backend with the installed
+    package's kernel in place of the Hub download (whose checks need the `kernels` package and a network)."""
+    from diffusers.models.attention_dispatch import (
+        _HUB_KERNELS_REGISTRY,
+        AttentionBackendName,
+        _AttentionBackendRegistry,
+    )
+
+    backend = AttentionBackendName.FLASH_4_HUB
+    _HUB_KERNELS_REGISTRY[backend].kernel_fn = local_flash_4()
+    processors = [m.processor for m in denoiser.modules() if hasattr(getattr(m, "processor", None),
+                                                                     "_attention_backend")]
+    if not processors:
+        raise ConfigError("accelerator.attention_backend", f"{type(denoiser).__name__} has no diffusers attention")
+    for processor in processors:
+        processor._attention_backend = backend
+    _AttentionBackendRegistry.set_active_backend(backend)
 
 
 def set_attention_backend(denoiser: torch.nn.Module, name: str | None, device: torch.device | None = None,
@@ -128,7 +185,10 @@ def set_attention_backend(denoiser: torch.nn.Module, name: str | None, device: t
     check_attention_backend(name)
     if not hasattr(denoiser, "set_attention_backend"):
         raise ConfigError("accelerator.attention_backend", f"{type(denoiser).__name__} is not a diffusers model")
-    denoiser.set_attention_backend(name)
+    if name == LOCAL_FLASH_4:
+        use_local_flash_4(denoiser)
+    else:
+        denoiser.set_attention_backend(name)
     return name
 
 
