@@ -17,8 +17,8 @@ Rows: its defaults; its exact speed-ups (batched CFG `cfg_merge` and its regiona
 the thresholds TeaCache publishes for Wan2.1 I2V-14B 480P (0.13 and 0.26, its `tea_cache_model_id`
 coefficients), alone and compiled. Fidelity: PSNR and latent relative L2 to stock diffusers (`--stock`: its
 pipeline timed first in this process on the same modules; or `--reference`, latents infer_latency.py saved,
-decoded here by the same VAE) and to this run's default row. Attention is what DiffSynth's
-own dispatch picks (FlashAttention-3, -2, Sage, else PyTorch SDPA). Writes
+decoded here by the same VAE) and to this run's exact rows (default, batched CFG + compile). Attention is
+what DiffSynth's own dispatch picks (FlashAttention-3, -2, Sage, else PyTorch SDPA). Writes
 benchmarks/results/infer_wan14b_diffsynth.json, in infer_latency.py's format, for its --merge.
 """
 
@@ -50,6 +50,8 @@ ROWS = {  # name -> its pipeline's settings; compiled rows last (compile_pipelin
     "diffsynth_cfg_merge_compile": {"cfg_merge": True, "compile": True},
     "diffsynth_teacache0.26_compile": {"tea_cache_l1_thresh": 0.26, "compile": True},
 }
+#: its exact rows (no cache): every other row's fidelity is measured against each of them that ran
+EXACT = ("diffsynth", "diffsynth_cfg_merge_compile")
 #: what infer_latency.py's smoke world shrinks that DiffSynth hard-codes (its image encoder is open-clip's ViT-H/14,
 #: whose 1280-wide features its DiT's image projection expects)
 REAL_IN_SMOKE = ("image_dim", "clip_layers", "clip_heads", "clip_ff")
@@ -213,7 +215,7 @@ def main() -> None:
             outputs[name] = out = run_row(pipe, probe, call_kwargs(image, f, h, w, steps, args.sigma_shift, settings),
                                           device)
             row.update({k: v for k, v in out.items() if k not in ("frames", "latents")})
-            for label, other in (*refs.items(), ("diffsynth", outputs.get("diffsynth"))):
+            for label, other in (*refs.items(), *((exact, outputs.get(exact)) for exact in EXACT)):
                 if other is not None and other is not out:
                     row.update(infer_latency.fidelity(out, other, label))
             if args.save_latents is not None:
@@ -221,6 +223,10 @@ def main() -> None:
         except Exception as ex:  # one row's failure (out of memory, a compile error) still reports the rest
             row["error"] = f"{type(ex).__name__}: {ex}".splitlines()[0][:300]
         report["rows"].append(row)
+        for earlier in report["rows"]:  # an exact row that ran after a cached one (compiled rows run last)
+            earlier_out = outputs.get(earlier["variant"].removeprefix("peer "))
+            if name in EXACT and earlier is not row and earlier_out is not None and "error" not in row:
+                earlier.update(infer_latency.fidelity(earlier_out, outputs[name], name))
         infer_latency.add_ratios(report)
         print(json.dumps(row), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
