@@ -137,3 +137,10 @@ def test_missing_manifest_is_one_line_before_any_model(tmp_path):
     assert lines == [f"error: manifest: {tmp_path / 'no' / 'manifest.jsonl'} does not exist (expected a "
                      "manifest.jsonl from anisora-data curate)"]
     assert not (tmp_path / "out").exists() and not (tmp_path / "logs").exists()
+
+
+def test_writing_tensor_shards_needs_no_video_decoder():
+    """The encoder's tensor path (benchmarks' random shards, pre-encoded latents) imports without PyAV: the
+    decoder is imported only where a clip is read from a video file."""
+    code = "import sys; sys.modules['av'] = None; import anisora.data.encode; import anisora.tasks.train"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

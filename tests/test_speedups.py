@@ -4,6 +4,7 @@ best_effort skip) where the device cannot run them."""
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -135,6 +136,35 @@ def test_auto_attention_picks_the_exact_fused_kernel_per_device(monkeypatch, kin
     monkeypatch.setattr(devices, "compute_capability", lambda device: capability)
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)  # no FlashAttention-3 installed
     assert devices.pick_attention_backend(types.SimpleNamespace(type=kind), dtype) == expected
+
+
+@pytest.mark.parametrize(("installed", "expected"), [
+    (set(), "_native_cudnn"), ({"flash_4"}, "flash_4"), ({"_flash_3", "flash_4"}, "_flash_3"),
+])
+def test_auto_attention_on_hopper_takes_the_fastest_installed_kernel(monkeypatch, installed, expected):
+    import types
+
+    from anisora.accelerators import devices
+
+    monkeypatch.setattr(devices, "compute_capability", lambda device: (9, 0))
+    monkeypatch.setattr(devices, "installed_attention_kernels", lambda: set(installed))
+    assert devices.pick_attention_backend(types.SimpleNamespace(type="cuda"), torch.bfloat16) == expected
+
+
+def test_auto_attention_skips_a_flash_4_package_that_does_not_import(monkeypatch):
+    """A flash_attn.cute that is found but fails to import (its CUDA DSL missing) leaves `auto` on cuDNN."""
+    import importlib.util
+    import types
+
+    from anisora.accelerators import devices
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(devices, "compute_capability", lambda device: (9, 0))
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object() if name.startswith("flash_attn")
+                        and name != "flash_attn_interface" else real_find_spec(name, *a))
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", None)  # import fails as a broken install's would
+    assert devices.installed_attention_kernels() == set()
+    assert devices.pick_attention_backend(types.SimpleNamespace(type="cuda"), torch.bfloat16) == "_native_cudnn"
 
 
 def test_auto_attention_on_the_cpu_keeps_the_default():

@@ -90,13 +90,15 @@ AUTO_ATTENTION = "auto"
 #: FlashAttention-4 from the local `flash-attn-4` package (CuTe DSL): diffusers knows it only as a kernel downloaded
 #: from the Hub (`flash_4_hub`); this name runs that backend with the installed package's kernel, offline
 LOCAL_FLASH_4 = "flash_4"
-#: Hopper and newer, fastest exact kernel first among those installed: FlashAttention-3, then cuDNN's fused
-#: attention. FlashAttention-4 is left out of `auto` on Hopper: see benchmarks/README.md, attention kernels
-HOPPER_ORDER = ("_flash_3", "_native_cudnn")
+#: Hopper and newer, fastest exact kernel first among those installed: FlashAttention-3 (no PyPI wheel, not timed
+#: here), FlashAttention-4 (1.18-1.25x cuDNN forward + backward at Wan's shapes on an H100: benchmarks/README.md,
+#: attention kernels), then cuDNN's fused attention, which needs no package
+HOPPER_ORDER = ("_flash_3", LOCAL_FLASH_4, "_native_cudnn")
 
 
 def installed_attention_kernels() -> set[str]:
-    """The optional exact kernels whose packages import here (`_flash_3`, `flash_4`)."""
+    """The optional exact kernels whose packages import here (`_flash_3`, `flash_4`). FlashAttention-4 is imported,
+    not only found: its CUDA DSL can be installed yet fail to load, and `auto` must then fall back, not stop."""
     import importlib.util
 
     found = set()
@@ -104,8 +106,9 @@ def installed_attention_kernels() -> set[str]:
         found.add("_flash_3")
     try:
         if importlib.util.find_spec("flash_attn") and importlib.util.find_spec("flash_attn.cute"):
+            local_flash_4()
             found.add(LOCAL_FLASH_4)
-    except (ImportError, ValueError):  # a broken or namespace-only flash_attn package
+    except (ImportError, ValueError, ConfigError):  # a broken or namespace-only flash_attn package
         pass
     return found
 

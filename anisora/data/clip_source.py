@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -78,6 +77,8 @@ class SourceReader:
         self._path, self._container, self._frames, self._next = None, None, None, 0
 
     def _open(self, path: str) -> None:
+        import av  # the decoder is needed only where a clip is read: writing tensor shards needs none
+
         self.close()
         try:
             self._container = av.open(path)
@@ -91,6 +92,8 @@ class SourceReader:
 
     def frames(self, record: ClipRecord, fmt: ClipFormat) -> np.ndarray:
         """uint8 (num_frames, height, width, 3) of a clip, resampled and cropped to `fmt`."""
+        import av
+
         if self._path != record.source or self._next > record.start_frame:
             self._open(record.source)
         picks = source_indices(record, fmt, record.fps or self.fps)
