@@ -141,3 +141,16 @@ def test_reward_models_smoke_times_every_model_dimension_and_a_reward_model_step
     assert [r["part"].split(":")[0] for r in rows] == ["DINO ViT-B/16", "CLIP ViT-B/32", "CLIP ViT-L/14 + linear head",
                                                        "reward model (CLIP ViT-L/14, 24 frames)", "reward model"]
     assert all(r["clips_per_s"] > 0 for r in rows[:4]) and rows[4]["step_s"] > 0 and rows[4]["trainable_params"] > 0
+
+
+def test_attention_kernel_table_checks_each_kernel_against_exact_fp32_attention():
+    """Each row of the kernel table carries its output's distance to fp32 attention: bf16 rounding for a real
+    kernel, order one for a kernel that computes something else; a kernel that cannot run says why."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from train_throughput import agreement_with_fp32, attention_kernels
+
+    rows = {row["kernel"]: row for row in attention_kernels(torch.device("cpu"), heads=2, tokens=96, repeats=1)}
+    assert rows["flash"]["rel_l2_to_fp32"] < 1e-2 and rows["flash"]["fwd_s"] > 0
+    assert "error" in rows["cudnn"]  # a CUDA kernel on the CPU: recorded, not fatal
+    wrong = agreement_with_fp32(torch.device("cpu"), lambda q, k, v: v, True, heads=2, tokens=96)
+    assert wrong > 0.5
