@@ -79,6 +79,18 @@ LOWVRAM_BUDGET_GIB = 24.0
 STOCK = "stock diffusers"  # the row of diffusers' own pipeline
 
 
+def check_variants(variants: list[str], device: torch.device) -> None:
+    """Stop in one line, before the weights are built, when a requested variant cannot run here (a missing
+    package such as torchao, a GPU without float8): a ten-minute run should not find out at its last row."""
+    from anisora.inference.speedups.apply import problems
+
+    for name in variants:
+        found = problems(SpeedupSpec(**{k: v for k, v in VARIANTS[name].items() if k != "attention"}), device)
+        if found:
+            key, why = found[0]
+            sys.exit(f"--variants {name}: {key} {why}")
+
+
 def sampler_for(backbone, steps: int) -> SamplerSpec:
     return backbone.stock_sampler(steps)
 
@@ -492,6 +504,8 @@ def main() -> None:
     variants = args.variants if args.variants is not None else [
         v for v in VARIANTS if v != "fastercache" or args.model == "cogvideox5b"]
     out_path = args.out or ROOT / "benchmarks" / "results" / f"infer_{args.model}.json"
+    if not args.smoke:  # a smoke run skips what cannot apply (best_effort)
+        check_variants(variants, device)
     f, h, w = (9, 64, 64) if args.smoke else NATIVE[args.model]
     backbones.SMOKE["num_layers"] = 2  # (smoke only) First-Block-Cache needs a block after the first
     backbone = build(args.model, device, args.smoke)

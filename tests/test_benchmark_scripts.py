@@ -154,3 +154,12 @@ def test_attention_kernel_table_checks_each_kernel_against_exact_fp32_attention(
     assert "error" in rows["cudnn"]  # a CUDA kernel on the CPU: recorded, not fatal
     wrong = agreement_with_fp32(torch.device("cpu"), lambda q, k, v: v, True, heads=2, tokens=96)
     assert wrong > 0.5
+
+
+def test_infer_latency_refuses_a_variant_that_cannot_run_before_building_weights():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from infer_latency import check_variants
+
+    check_variants(["none", "lossless", "cache"], torch.device("cpu"))  # nothing missing: returns
+    with pytest.raises(SystemExit, match=r"^--variants fast: speedup\.fp8 needs "):
+        check_variants(["lossless", "fast"], torch.device("cpu"))
