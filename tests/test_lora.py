@@ -3,6 +3,8 @@ adapters, a killed LoRA run resumes exactly, and the trained adapters load in a 
 
 from __future__ import annotations
 
+import collections
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -185,3 +187,44 @@ def test_bf16_frozen_weights_where_they_cannot_work_fail_in_one_line(precision, 
     with pytest.raises(ConfigError) as info:
         resolve_frozen_dtype("bfloat16", precision, strategy)
     assert str(info.value).startswith(expected) and "\n" not in str(info.value)
+
+
+def test_fp32_adapters_on_a_bf16_base_under_autocast_skip_peft_s_fp32_copy_of_the_input():
+    """Under bf16 autocast the adapted layer's input is not copied to fp32 (autocast would cast it straight back
+    for the matmul): same output, no full-size fp32 copy. Outside autocast peft's cast stays, so fp32 adapters
+    still take a bf16 input."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from anisora.backbones.lora import keep_input_dtype_under_autocast
+
+    class FloatCopies(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.shapes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten._to_copy.default and out.dtype == torch.float32:
+                self.shapes.append(tuple(out.shape))
+            return out
+
+    def adapted():
+        torch.manual_seed(0)
+        model = inject_adapter_in_model(LoraConfig(r=4, target_modules=["proj"], init_lora_weights=False),
+                                        torch.nn.Sequential(collections.OrderedDict(proj=torch.nn.Linear(16, 8))))
+        for name, p in model.named_parameters():
+            p.data = p.data.float() if "lora_" in name else p.data.bfloat16()  # as trainer.frozen_dtype=auto
+        return model
+
+    x = torch.randn(32, 16, dtype=torch.bfloat16)
+    stock, ours = adapted(), adapted()
+    keep_input_dtype_under_autocast(ours)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with FloatCopies() as seen_stock:
+            expected = stock(x)
+        with FloatCopies() as seen_ours:
+            got = ours(x)
+    assert (32, 16) in seen_stock.shapes and (32, 16) not in seen_ours.shapes
+    assert torch.equal(got, expected)
+    assert ours(x).dtype == torch.bfloat16  # no autocast: peft casts for the fp32 adapters, as before

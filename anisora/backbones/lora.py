@@ -74,7 +74,33 @@ def add_lora(denoiser: nn.Module, lora: Mapping[str, Any] | None, seed: int = 0,
             denoiser.add_adapter(config, adapter_name=adapter_name)
         except ValueError as ex:  # a target that is no linear/conv layer
             raise ConfigError(f"{KEY}.targets", " ".join(str(ex).split())[:200]) from None
+    keep_input_dtype_under_autocast(denoiser)
     return True
+
+
+def keep_input_dtype_under_autocast(denoiser: nn.Module) -> None:
+    """peft casts each adapted layer's input to the adapter's dtype. With fp32 adapters on a bf16 base under bf16
+    autocast that is a full-size fp32 copy of every adapted activation (for Wan-14B about 1.6 G values a block:
+    q, k, v and out of both attentions, both feed-forward inputs), which autocast at once casts back to bf16 for
+    the matmul: the same numbers, for about 12 bytes of memory traffic a value in the forward, the recompute and
+    the backward. Under autocast the cast is skipped; outside it peft's cast stays, so fp32 adapters still run
+    on a bf16 input there."""
+    for module in denoiser.modules():
+        if hasattr(module, "lora_A") and callable(getattr(type(module), "_cast_input_dtype", None)):
+            module._cast_input_dtype = CastOutsideAutocast(module)
+
+
+class CastOutsideAutocast:
+    """A LoRA layer's input cast that leaves the input as it is under autocast (an object, not a closure, so the
+    model still pickles and deep-copies)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        self.layer = layer
+
+    def __call__(self, x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+        if x is not None and torch.is_autocast_enabled(x.device.type):
+            return x
+        return type(self.layer)._cast_input_dtype(self.layer, x, dtype)
 
 
 def lora_parameters(denoiser: nn.Module) -> dict[str, torch.Tensor]:
