@@ -136,3 +136,14 @@ def held_out_metrics(parts: list[dict[str, Any]], dimensions: tuple[str, ...]) -
         if values:
             out[f"{metric}_min"], out[f"{metric}_mean"] = float(min(values)), float(np.mean(values))
     return out
+
+
+def is_reward_model(method_cfg: Any) -> bool:
+    """Whether `method._target_` names the reward model (or a subclass of it)."""
+    from hydra.utils import get_class
+
+    try:
+        cls = get_class(method_cfg.get("_target_"))
+    except Exception:
+        return False
+    return isinstance(cls, type) and issubclass(cls, RewardModelMethod)

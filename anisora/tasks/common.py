@@ -154,7 +154,7 @@ def newest(paths: list[Path]) -> Path | None:
 
 def trains_reward_model(run_dir: Path) -> bool | None:
     """Whether a run folder's config record names the reward model as its method; None without a record."""
-    from anisora.tasks.train_reward import is_reward_model
+    from anisora.methods.reward_model import is_reward_model
 
     record = run_dir / RECORD_CONFIG
     if not record.is_file():

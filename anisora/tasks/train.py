@@ -184,7 +184,8 @@ def prepare_training(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Ca
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    from anisora.tasks.train_reward import is_reward_model, train_reward_model
+    from anisora.methods.reward_model import is_reward_model
+    from anisora.tasks.train_reward import train_reward_model
 
     if is_reward_model(cfg.method):  # a reward model trains on scored clips, not a diffusion backbone
         return train_reward_model(cfg, run_dir)

@@ -34,19 +34,6 @@ from anisora.tasks.trainer import build_trainer
 log = logging.getLogger("anisora.train")
 
 
-def is_reward_model(method_cfg: DictConfig) -> bool:
-    """Whether `method._target_` names the reward model (or a subclass of it)."""
-    from hydra.utils import get_class
-
-    from anisora.methods.reward_model import RewardModelMethod
-
-    try:
-        cls = get_class(method_cfg.get("_target_"))
-    except Exception:
-        return False
-    return isinstance(cls, type) and issubclass(cls, RewardModelMethod)
-
-
 def reward_model_settings(method_cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     """The method node over RewardModelConfig (defaults filled, unknown keys and bad values refused in one line)."""
     try:
