@@ -223,10 +223,11 @@ def main() -> None:
         except Exception as ex:  # one row's failure (out of memory, a compile error) still reports the rest
             row["error"] = f"{type(ex).__name__}: {ex}".splitlines()[0][:300]
         report["rows"].append(row)
-        for earlier in report["rows"]:  # an exact row that ran after a cached one (compiled rows run last)
-            earlier_out = outputs.get(earlier["variant"].removeprefix("peer "))
-            if name in EXACT and earlier is not row and earlier_out is not None and "error" not in row:
-                earlier.update(infer_latency.fidelity(earlier_out, outputs[name], name))
+        if name in EXACT and "error" not in row:  # an exact row that ran after cached ones (compiled rows run last)
+            for earlier in report["rows"][:-1]:
+                earlier_out = outputs.get(earlier["variant"].removeprefix("peer "))
+                if earlier_out is not None:
+                    earlier.update(infer_latency.fidelity(earlier_out, outputs[name], name))
         infer_latency.add_ratios(report)
         print(json.dumps(row), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
