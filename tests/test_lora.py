@@ -228,3 +228,30 @@ def test_fp32_adapters_on_a_bf16_base_under_autocast_skip_peft_s_fp32_copy_of_th
     assert (32, 16) in seen_stock.shapes and (32, 16) not in seen_ours.shapes
     assert torch.equal(got, expected)
     assert ours(x).dtype == torch.bfloat16  # no autocast: peft casts for the fp32 adapters, as before
+
+
+def test_a_lora_base_is_built_in_its_frozen_dtype_and_its_adapters_stay_fp32(monkeypatch):
+    """Wan-14B's base in fp32 (57 GB) beside UMT5-XXL would not fit an 80 GB card: the base is built in bf16."""
+    import anisora.methods.base as base_module
+    from anisora.backbones.wan_loading import build
+
+    asked = []
+    real = base_module.build_backbone
+    monkeypatch.setattr(base_module, "build_backbone", lambda model, dtype=None: asked.append(dtype) or
+                        real(model, dtype))
+    composed = compose("train", [*TINY, *LORA])
+    cfg = {k: OmegaConf.to_container(composed[k], resolve=True) for k in ("model", "guide", "optimizer", "sampler")}
+    SFTMethod(**cfg, max_steps=2, frozen_dtype="bfloat16")
+    composed = compose("train", TINY)
+    cfg = {k: OmegaConf.to_container(composed[k], resolve=True) for k in ("model", "guide", "optimizer", "sampler")}
+    full = SFTMethod(**cfg, max_steps=2, frozen_dtype="bfloat16")
+    assert asked == [torch.bfloat16, None]  # a full fine-tune keeps fp32 master weights
+    assert all(p.dtype == torch.float32 for p in full.backbone.denoiser.parameters())
+    wan = build(torch.bfloat16, variant="i2v", num_layers=1, num_attention_heads=2, attention_head_dim=8, ffn_dim=16,
+                in_channels=36, text_dim=16, freq_dim=8, image_dim=16, added_kv_proj_dim=16, text_layers=1,
+                text_heads=2, text_ff=16, text_vocab=64, clip_layers=1, clip_heads=2, clip_ff=16, clip_image_size=28,
+                clip_patch=14, vae_base_dim=8, max_sequence_length=8)
+    assert {p.dtype for p in wan.denoiser.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in wan.prompt_encoder.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in wan.image_encoder.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in wan.codec.parameters()} == {torch.float32}  # the VAE stays fp32, as loading keeps it

@@ -20,12 +20,14 @@ def backbone_kwargs(model_cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in model_cfg.items() if k not in NON_NETWORK_KEYS}
 
 
-def build_backbone(model_cfg: dict[str, Any]) -> BackboneAdapter:
+def build_backbone(model_cfg: dict[str, Any], dtype: torch.dtype | None = None) -> BackboneAdapter:
     """Instantiate the adapter named by the config's `_target_` (a plain dict, already validated), with LoRA
-    adapters on its denoiser when `lora.rank` > 0."""
+    adapters on its denoiser when `lora.rank` > 0. `dtype`: what the DiT and encoders are built or loaded in
+    (None: the builder's fp32); a LoRA base that never trains can go straight to bf16."""
     from anisora.backbones.lora import add_lora
 
-    backbone = instantiate(backbone_kwargs(model_cfg), _convert_="all")
+    extra = {} if dtype is None else {"dtype": dtype}
+    backbone = instantiate(backbone_kwargs(model_cfg), _convert_="all", **extra)
     set_objective(backbone, model_cfg)
     add_lora(backbone.denoiser, model_cfg.get("lora"), int(model_cfg.get("init_seed", 0)))
     return backbone

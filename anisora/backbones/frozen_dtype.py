@@ -57,3 +57,14 @@ def cast_frozen_weights(backbone: BackboneAdapter, dtype: torch.dtype) -> int:
             p.data = p.data.to(dtype)
             changed += 1
     return changed
+
+
+def keep_adapters_fp32(backbone: BackboneAdapter) -> int:
+    """Trainable weights and every LoRA adapter (an EMA role's too) in fp32: adapters added to a bf16 base take
+    its dtype, and an optimizer stepping bf16 weights loses small updates. Returns how many changed dtype."""
+    changed = 0
+    for name, p in backbone.named_parameters():
+        if p.is_floating_point() and p.dtype != torch.float32 and (p.requires_grad or "lora_" in name):
+            p.data = p.data.float()
+            changed += 1
+    return changed

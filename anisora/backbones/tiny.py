@@ -96,9 +96,13 @@ TinyBackboneSpec = spec_class("TinyBackboneSpec", TinyModelConfig, __name__,
                               "The tiny model's network: TinyModelConfig's fields and defaults.")
 
 
-def build(**fields) -> WanI2VBackbone:
-    """Hydra target of `conf/model/tiny.yaml`: keyword arguments are TinyBackboneSpec fields."""
-    return build_tiny_backbone(TinyBackboneSpec(**fields))
+def build(dtype: torch.dtype = torch.float32, **fields) -> WanI2VBackbone:
+    """Hydra target of `conf/model/tiny.yaml`: keyword arguments are TinyBackboneSpec fields; `dtype` is the
+    DiT's and text encoder's (the codec has no weights)."""
+    backbone = build_tiny_backbone(TinyBackboneSpec(**fields))
+    nn.Module.to(backbone.denoiser, dtype)  # every weight (diffusers' .to warns of its fp32 modules)
+    backbone.prompt_encoder.to(dtype)
+    return backbone
 
 
 def build_tiny_backbone(spec: TinyBackboneSpec) -> WanI2VBackbone:

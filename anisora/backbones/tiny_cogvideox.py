@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import CogVideoXTransformer3DModel
+from torch import nn
 from transformers import T5Config, T5EncoderModel
 
 from anisora.backbones.cogvideox import CogVideoXI2VBackbone, T5PromptEncoder
@@ -40,9 +41,13 @@ TinyCogVideoXSpec = spec_class("TinyCogVideoXSpec", TinyCogVideoXModelConfig, __
                                "The tiny CogVideoX's network: TinyCogVideoXModelConfig's fields and defaults.")
 
 
-def build(**fields) -> CogVideoXI2VBackbone:
-    """Hydra target of `conf/model/tiny_cogvideox.yaml`: keyword arguments are TinyCogVideoXSpec fields."""
-    return build_tiny_cogvideox(TinyCogVideoXSpec(**fields))
+def build(dtype: torch.dtype = torch.float32, **fields) -> CogVideoXI2VBackbone:
+    """Hydra target of `conf/model/tiny_cogvideox.yaml`: keyword arguments are TinyCogVideoXSpec fields; `dtype`
+    is the DiT's and text encoder's (the codec has no weights)."""
+    backbone = build_tiny_cogvideox(TinyCogVideoXSpec(**fields))
+    nn.Module.to(backbone.denoiser, dtype)  # every weight (diffusers' .to warns of its fp32 modules)
+    backbone.prompt_encoder.to(dtype)
+    return backbone
 
 
 def check_spec(spec: TinyCogVideoXSpec) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from torch import nn
 from transformers import (
     AutoTokenizer,
     CLIPImageProcessorPil,
@@ -47,7 +48,7 @@ def build(dtype: torch.dtype = torch.float32, **values) -> WanBackbone:
     if unknown:
         raise ConfigError(f"model.{unknown[0]}", f"unknown key; Wan models take {sorted(known)}")
     spec = WanSpec(**values)
-    return load_wan(spec, dtype) if spec.ckpt else build_random_wan(spec)
+    return load_wan(spec, dtype) if spec.ckpt else build_random_wan(spec, dtype=dtype)
 
 
 def missing_parts(folder: Path, parts: tuple[str, ...]) -> list[str]:
@@ -121,13 +122,15 @@ def load_transformer(path: Path, dtype: torch.dtype, head_dim: int = 128) -> Wan
     return model.eval()
 
 
-def build_random_wan(spec: WanSpec, tokenizer=None) -> WanBackbone:
-    """Random weights at the spec's sizes (deterministic per init_seed); a word-level tokenizer unless given."""
+def build_random_wan(spec: WanSpec, tokenizer=None, dtype: torch.dtype = torch.float32) -> WanBackbone:
+    """Random weights at the spec's sizes (deterministic per init_seed); a word-level tokenizer unless given.
+    The DiT and the encoders take `dtype` as each is built, as loading does (the VAE stays fp32): only one part
+    is ever in fp32 at once, so Wan-14B's LoRA base (57 GB in fp32) and UMT5-XXL (23 GB) fit an 80 GB card."""
     from anisora.backbones.tiny import word_tokenizer, world_vocabulary
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.init_seed)
-        transformer = WanTransformer3DModel(
+        transformer = nn.Module.to(WanTransformer3DModel(
             patch_size=PATCH, num_attention_heads=spec.num_attention_heads,
             attention_head_dim=spec.attention_head_dim, in_channels=spec.in_channels,
             out_channels=spec.out_channels, text_dim=spec.text_dim, freq_dim=spec.freq_dim, ffn_dim=spec.ffn_dim,
@@ -135,21 +138,21 @@ def build_random_wan(spec: WanSpec, tokenizer=None) -> WanBackbone:
             image_dim=spec.image_dim if spec.variant == "i2v" else None,
             added_kv_proj_dim=spec.added_kv_proj_dim if spec.variant == "i2v" else None,
             pos_embed_seq_len=spec.pos_embed_seq_len, rope_max_seq_len=spec.rope_max_seq_len,
-        )
+        ), dtype)  # nn.Module's cast: every weight, as the frozen-weight cast of a LoRA base does anyway
         vae = AutoencoderKLWan(base_dim=spec.vae_base_dim, z_dim=spec.out_channels)
         tokenizer = tokenizer or word_tokenizer(world_vocabulary())
         encoder = UMT5EncoderModel(UMT5Config(
             vocab_size=max(spec.text_vocab, len(tokenizer)), d_model=spec.text_dim,
             d_kv=spec.text_dim // spec.text_heads, d_ff=spec.text_ff, num_layers=spec.text_layers,
             num_heads=spec.text_heads, feed_forward_proj="gated-gelu", dropout_rate=0.0,
-        ))
+        )).to(dtype)
         image_encoder = None
         if spec.variant == "i2v" and spec.image_dim is not None:
             vision = CLIPVisionModel(CLIPVisionConfig(
                 hidden_size=spec.image_dim, intermediate_size=spec.clip_ff, num_hidden_layers=spec.clip_layers,
                 num_attention_heads=spec.clip_heads, image_size=spec.clip_image_size, patch_size=spec.clip_patch,
                 hidden_act="gelu",
-            ))
+            )).to(dtype)
             size = spec.clip_image_size
             processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
             image_encoder = CLIPImageEncoder(vision, processor)
