@@ -231,7 +231,7 @@ def test_fp32_adapters_on_a_bf16_base_under_autocast_skip_peft_s_fp32_copy_of_th
 
 
 def test_a_lora_base_is_built_in_its_frozen_dtype_and_its_adapters_stay_fp32(monkeypatch):
-    """Wan-14B's base in fp32 (57 GB) beside UMT5-XXL would not fit an 80 GB card: the base is built in bf16."""
+    """Wan-14B's base in fp32 (65.6 GB) beside UMT5-XXL would not fit an 80 GB card: the base is built in bf16."""
     import anisora.methods.base as base_module
     from anisora.backbones.wan_loading import build
 

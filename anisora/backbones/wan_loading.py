@@ -125,7 +125,7 @@ def load_transformer(path: Path, dtype: torch.dtype, head_dim: int = 128) -> Wan
 def build_random_wan(spec: WanSpec, tokenizer=None, dtype: torch.dtype = torch.float32) -> WanBackbone:
     """Random weights at the spec's sizes (deterministic per init_seed); a word-level tokenizer unless given.
     The DiT and the encoders take `dtype` as each is built, as loading does (the VAE stays fp32): only one part
-    is ever in fp32 at once, so Wan-14B's LoRA base (57 GB in fp32) and UMT5-XXL (23 GB) fit an 80 GB card."""
+    is ever in fp32 at once, so Wan-14B's LoRA base (65.6 GB in fp32) and UMT5-XXL (22.7 GB) fit an 80 GB card."""
     from anisora.backbones.tiny import word_tokenizer, world_vocabulary
 
     with torch.random.fork_rng(devices=[]):
