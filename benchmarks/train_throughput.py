@@ -21,6 +21,7 @@ per run and prints a table.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -443,6 +444,12 @@ def recount(path: Path) -> dict:
     return result
 
 
+def error_line(ex: BaseException) -> str:
+    """The one-line cause of a failed run (hydra wraps a builder's error in its own)."""
+    cause = ex.__cause__ or ex
+    return f"{type(cause).__name__}: {cause}".splitlines()[0][:300]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="*", default=None, choices=[*RUNS, *STOCK])
@@ -497,8 +504,9 @@ def main() -> None:
                 row["mfu_executed"] = row["executed_tflops"] / peak
         except Exception as ex:  # out of memory in one run still reports the others
             traceback.print_exc()
-            cause = ex.__cause__ or ex
-            row = {"run": name, "error": f"{type(cause).__name__}: {cause}".splitlines()[0][:300]}
+            row = {"run": name, "error": error_line(ex)}
+        if "error" in row:  # out of the except block: the traceback's frames (the failed run's model) are gone
+            gc.collect()
             empty_cache()
         if rank != 0:
             continue
