@@ -228,6 +228,8 @@ def test_fp32_adapters_on_a_bf16_base_under_autocast_skip_peft_s_fp32_copy_of_th
     assert (32, 16) in seen_stock.shapes and (32, 16) not in seen_ours.shapes
     assert torch.equal(got, expected)
     assert ours(x).dtype == torch.bfloat16  # no autocast: peft casts for the fp32 adapters, as before
+    ours.to("meta")  # where the benchmarks count FLOPs: the meta device has no autocast to ask
+    assert ours(x.to("meta")).shape == (32, 8)
 
 
 def test_a_lora_base_is_built_in_its_frozen_dtype_and_its_adapters_stay_fp32(monkeypatch):

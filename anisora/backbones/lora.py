@@ -98,8 +98,8 @@ class CastOutsideAutocast:
         self.layer = layer
 
     def __call__(self, x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-        if x is not None and torch.is_autocast_enabled(x.device.type):
-            return x
+        if x is not None and x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):
+            return x  # (the meta device, where FLOPs are counted, has no autocast to ask)
         return type(self.layer)._cast_input_dtype(self.layer, x, dtype)
 
 
