@@ -181,8 +181,10 @@ def test_sharded_fsdp_checkpoints_are_whole_folders_and_a_killed_run_resumes_exa
                  "callbacks.checkpoint_every_n_steps=2", "strategy=fsdp", "strategy.state_dict_type=sharded",
                  "accelerator.devices=2", "data.batch_size=2"]
     runs = killed_and_resumed(tmp_path, overrides, steps, every=2)
-    for run in runs.values():
-        assert not [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no partials
+    for name, run in runs.items():
+        hidden = [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+        # finished runs leave nothing hidden; a kill mid-delete of an old folder may leave it hidden, never visible
+        assert not hidden if name != "killed" else all(".ckpt.removed-" in h for h in hidden), hidden
     assert (runs["resumed"] / "checkpoints" / "last.ckpt" / "meta.pt").is_file()  # a sharded folder
     step, reference = read_checkpoint(runs["full"] / "checkpoints" / "last.ckpt")
     resumed_step, resumed = read_checkpoint(runs["resumed"] / "checkpoints" / "last.ckpt")

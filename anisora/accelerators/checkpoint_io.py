@@ -56,3 +56,14 @@ class FolderCheckpoints:
                 target.unlink()
             replace_folder(partial, target)
         self.barrier("anisora_checkpoint_swapped")
+
+    def remove_checkpoint(self, filepath) -> None:
+        """An old folder (save_top_k) is renamed to a hidden name before it is deleted: a run killed mid-delete
+        leaves no visible, half-deleted checkpoint for a user or `ckpt_path` to pick up."""
+        path = Path(filepath)
+        if not (self.writes_folder() and path.is_dir()):
+            return super().remove_checkpoint(filepath)
+        if self.is_global_zero:
+            doomed = temporary_sibling(path, "removed")
+            path.rename(doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
