@@ -39,6 +39,7 @@ import backbones  # noqa: E402
 import infer_latency  # noqa: E402
 from backbones import NATIVE, PROMPT, ROOT, build, guide_for, timed  # noqa: E402
 from diffsynth_weights import diffsynth_models, parity  # noqa: E402
+from report import error_line  # noqa: E402
 
 from anisora.accelerators.devices import synchronize  # noqa: E402
 
@@ -221,7 +222,7 @@ def main() -> None:
             if args.save_latents is not None:
                 infer_latency.save_output(out, args.save_latents, row["variant"])
         except Exception as ex:  # one row's failure (out of memory, a compile error) still reports the rest
-            row["error"] = f"{type(ex).__name__}: {ex}".splitlines()[0][:300]
+            row["error"] = error_line(ex)
         report["rows"].append(row)
         if name in EXACT and "error" not in row:  # an exact row that ran after cached ones (compiled rows run last)
             for earlier in report["rows"][:-1]:

@@ -26,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
+from report import error_line  # benchmarks/, the script's own folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,7 +168,7 @@ def main() -> None:
         try:
             row = run(name, args.steps, args.warmup, args.memory_cap_gib, size, device, args.smoke)
         except Exception as ex:  # out of memory in one run still reports the others
-            row = {"run": name, "error": f"{type(ex).__name__}: {ex}".splitlines()[0][:300]}
+            row = {"run": name, "error": error_line(ex)}
         report["rows"].append(row)
         print(json.dumps(row), flush=True)
         if device.type == "cuda":
@@ -176,7 +177,7 @@ def main() -> None:
         try:
             row = inference_step(args.steps, size, device, args.smoke)
         except Exception as ex:
-            row = {"run": "wan14b_i2v_dit_step", "error": f"{type(ex).__name__}: {ex}".splitlines()[0][:300]}
+            row = {"run": "wan14b_i2v_dit_step", "error": error_line(ex)}
         report["rows"].append(row)
         print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import backbones  # noqa: E402
 from backbones import NATIVE, PROMPT, ROOT, build, guide_for, timed, warm_up_stages  # noqa: E402
+from report import error_line  # noqa: E402
 
 from anisora.accelerators.devices import (  # noqa: E402
     cap_memory,
@@ -562,7 +563,7 @@ def main() -> None:
                                                                                           sigmas=spec.sigmas[:1]))
             outputs[name] = run_ours(backbone, g, m, steps, device, offload_encoders=name == "lowvram", spec=spec)
         except Exception as ex:  # one variant's failure (out of memory, missing kernel) still reports the rest
-            row["error"] = f"{type(ex).__name__}: {ex}".splitlines()[0][:300]
+            row["error"] = error_line(ex)
         reset(backbone)
         report["rows"].append(record(row, outputs[name], outputs, refs) if name in outputs else row)
         write()
@@ -575,7 +576,7 @@ def main() -> None:
             row["peer_version"] = f"cache-dit {version}"
             outputs[row["variant"]] = run_stock(backbone, g, steps, device, prepare, undo)
         except Exception as ex:
-            row["error"] = f"{type(ex).__name__}: {ex}".splitlines()[0][:300]
+            row["error"] = error_line(ex)
         out = outputs.get(row["variant"])
         report["rows"].append(record(row, out, outputs, refs) if out is not None else row)
         write()

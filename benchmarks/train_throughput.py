@@ -51,6 +51,7 @@ from anisora.accelerators.devices import (  # noqa: E402
     synchronize,
 )
 from anisora.config.errors import ConfigError  # noqa: E402
+from benchmarks.report import error_line  # noqa: E402
 
 CLIP = ["data.num_frames=81", "data.height=480", "data.width=832", "accelerator=gpu"]
 COMMON = ["model.init=random", "logger=none", "callbacks.progress_bar=none", "callbacks.sample_videos=false",
@@ -444,12 +445,6 @@ def recount(path: Path) -> dict:
     return result
 
 
-def error_line(ex: BaseException) -> str:
-    """The one-line cause of a failed run (hydra wraps a builder's error in its own)."""
-    cause = ex.__cause__ or ex
-    return f"{type(cause).__name__}: {cause}".splitlines()[0][:300]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="*", default=None, choices=[*RUNS, *STOCK])
@@ -504,7 +499,7 @@ def main() -> None:
                 row["mfu_executed"] = row["executed_tflops"] / peak
         except Exception as ex:  # out of memory in one run still reports the others
             traceback.print_exc()
-            row = {"run": name, "error": error_line(ex)}
+            row = {"run": name, "error": error_line(ex.__cause__ or ex)}  # (hydra wraps a builder's error)
         if "error" in row:  # out of the except block: the traceback's frames (the failed run's model) are gone
             gc.collect()
             empty_cache()
