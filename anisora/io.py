@@ -84,6 +84,14 @@ def _clear_for(dst: Path, overwrite: bool, key: str) -> Path | None:
     return old
 
 
+def remove_folder(path: Path) -> None:
+    """Delete a folder so that no reader ever sees it half-deleted: renamed to a hidden sibling first (one atomic
+    step), then removed; a process killed in between leaves only the hidden name."""
+    doomed = temporary_sibling(path, "removed")
+    path.rename(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def atomic_write_folder(dst: str | Path, write: Callable[[Path], Any], overwrite: bool = False,
                         key: str = "DST") -> Path:
     """`write(tmp)` fills a temporary sibling folder, which then replaces `dst`.

@@ -89,3 +89,27 @@ def test_a_one_file_fsdp_checkpoint_goes_straight_to_the_strategy(tmp_path):
     assert not strategy.writes_folder()
     strategy.save_checkpoint({"step": 1}, tmp_path / "last.ckpt")  # the base writes where it is told
     assert (tmp_path / "last.ckpt" / "meta.pt").is_file()
+
+
+def test_a_removed_checkpoint_folder_is_never_visible_half_deleted(tmp_path, monkeypatch):
+    """The folder is renamed hidden before its files go: a process killed mid-delete leaves only the hidden name."""
+    import shutil
+
+    from anisora import io
+
+    folder = tmp_path / "step000002.ckpt"
+    folder.mkdir()
+    (folder / "__0_0.distcp").write_bytes(b"shard")
+
+    def killed(path, ignore_errors=False):
+        (Path(path) / "__0_0.distcp").unlink()  # deleted one file, then the process died
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        io.remove_folder(folder)
+    assert not folder.exists()
+    assert [p.name.startswith(".step000002.ckpt.removed-") for p in tmp_path.iterdir()] == [True]
+    monkeypatch.undo()
+    io.remove_folder(next(tmp_path.iterdir()))
+    assert not list(tmp_path.iterdir())

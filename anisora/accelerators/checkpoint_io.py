@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from anisora.io import atomic_write, replace_folder, temporary_sibling
+from anisora.io import atomic_write, remove_folder, replace_folder, temporary_sibling
 
 
 def _torch_save(obj: Any, target: Path) -> None:
@@ -64,6 +64,4 @@ class FolderCheckpoints:
         if not (self.writes_folder() and path.is_dir()):
             return super().remove_checkpoint(filepath)
         if self.is_global_zero:
-            doomed = temporary_sibling(path, "removed")
-            path.rename(doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
+            remove_folder(path)

@@ -59,7 +59,7 @@ def cast_frozen_weights(backbone: BackboneAdapter, dtype: torch.dtype) -> int:
     return changed
 
 
-def keep_adapters_fp32(backbone: BackboneAdapter) -> int:
+def keep_master_weights_fp32(backbone: BackboneAdapter) -> int:
     """Trainable weights and every LoRA adapter (an EMA role's too) in fp32: adapters added to a bf16 base take
     its dtype, and an optimizer stepping bf16 weights loses small updates. Returns how many changed dtype."""
     changed = 0

@@ -13,6 +13,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from torch import nn
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
+from anisora.backbones.base import BackboneAdapter
 from anisora.backbones.specs import spec_class
 from anisora.backbones.text_encoders import UMT5PromptEncoder
 from anisora.backbones.wan import WanI2VBackbone
@@ -99,8 +100,13 @@ TinyBackboneSpec = spec_class("TinyBackboneSpec", TinyModelConfig, __name__,
 def build(dtype: torch.dtype = torch.float32, **fields) -> WanI2VBackbone:
     """Hydra target of `conf/model/tiny.yaml`: keyword arguments are TinyBackboneSpec fields; `dtype` is the
     DiT's and text encoder's (the codec has no weights)."""
-    backbone = build_tiny_backbone(TinyBackboneSpec(**fields))
-    nn.Module.to(backbone.denoiser, dtype)  # every weight (diffusers' .to warns of its fp32 modules)
+    return cast_networks(build_tiny_backbone(TinyBackboneSpec(**fields)), dtype)
+
+
+def cast_networks(backbone: BackboneAdapter, dtype: torch.dtype) -> BackboneAdapter:
+    """A tiny backbone's DiT and text encoder in `dtype` (its codec has no weights); nn.Module's cast casts every
+    weight, where diffusers' `.to` would warn of the modules it keeps in fp32."""
+    nn.Module.to(backbone.denoiser, dtype)
     backbone.prompt_encoder.to(dtype)
     return backbone
 

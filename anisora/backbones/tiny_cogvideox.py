@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import torch
 from diffusers import CogVideoXTransformer3DModel
-from torch import nn
 from transformers import T5Config, T5EncoderModel
 
 from anisora.backbones.cogvideox import CogVideoXI2VBackbone, T5PromptEncoder
 from anisora.backbones.specs import spec_class
-from anisora.backbones.tiny import SpaceToDepthCodec, word_tokenizer, world_vocabulary
+from anisora.backbones.tiny import SpaceToDepthCodec, cast_networks, word_tokenizer, world_vocabulary
 from anisora.config.errors import ConfigError
 from anisora.config.schema import TinyCogVideoXModelConfig
 from anisora.diffusion.v_prediction import VSchedule
@@ -44,10 +43,7 @@ TinyCogVideoXSpec = spec_class("TinyCogVideoXSpec", TinyCogVideoXModelConfig, __
 def build(dtype: torch.dtype = torch.float32, **fields) -> CogVideoXI2VBackbone:
     """Hydra target of `conf/model/tiny_cogvideox.yaml`: keyword arguments are TinyCogVideoXSpec fields; `dtype`
     is the DiT's and text encoder's (the codec has no weights)."""
-    backbone = build_tiny_cogvideox(TinyCogVideoXSpec(**fields))
-    nn.Module.to(backbone.denoiser, dtype)  # every weight (diffusers' .to warns of its fp32 modules)
-    backbone.prompt_encoder.to(dtype)
-    return backbone
+    return cast_networks(build_tiny_cogvideox(TinyCogVideoXSpec(**fields)), dtype)
 
 
 def check_spec(spec: TinyCogVideoXSpec) -> None:

@@ -23,7 +23,7 @@ import torch
 
 from anisora.accelerators.strategies import adamw_class, clip_sharded_gradients
 from anisora.backbones import Conditioning, build_backbone
-from anisora.backbones.frozen_dtype import cast_frozen_weights, keep_adapters_fp32
+from anisora.backbones.frozen_dtype import cast_frozen_weights, keep_master_weights_fp32
 from anisora.backbones.lora import lora_rank
 from anisora.backbones.roles import Roles, role_specs
 from anisora.config.errors import ConfigError
@@ -80,8 +80,9 @@ class DiffusionMethod(pl.LightningModule):
         self.save_hyperparameters()  # `data` tells infer.py the clip size (and world) it was trained on
         lora = {**(model.get("lora") or {}), **(role_lora or {})}
         mode = roles_mode if roles_mode != "auto" else ("lora_shared_base" if lora_rank(lora) > 0 else "full")
+        frozen = getattr(torch, frozen_dtype)
         # a base that never trains is built in its frozen dtype: Wan-14B's would not fit an 80 GB card in fp32
-        self.backbone = build_backbone(model, getattr(torch, frozen_dtype) if mode == "lora_shared_base" else None)
+        self.backbone = build_backbone(model, frozen if mode == "lora_shared_base" else None)
         if init_from:  # before the roles exist, so every role (teacher, student, critic, EMA) starts from it
             load_sampled_weights(self.backbone, init_from)
         self.policy = TrainGuidePolicy(
@@ -93,8 +94,8 @@ class DiffusionMethod(pl.LightningModule):
         self.ema_decay = float(optimizer.get("ema_decay", 0.0)) if self.ema_follows else 0.0
         specs = role_specs(list(self.role_names), self.ema_follows if self.ema_decay > 0 else None)
         self.roles = Roles(self.backbone, specs, mode, lora, int(model.get("init_seed", 0)))
-        cast_frozen_weights(self.backbone, getattr(torch, frozen_dtype))
-        keep_adapters_fp32(self.backbone)
+        cast_frozen_weights(self.backbone, frozen)
+        keep_master_weights_fp32(self.backbone)
         objective = model.get("objective") or {}
         self.motion_weight = float(objective.get("motion_weight", 0.0))
         self.guide_weight = float(objective.get("guide_weight", 0.0))
