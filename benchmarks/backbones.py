@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from anisora.accelerators.devices import empty_cache, peak_memory_gib, reset_peak_memory, synchronize  # noqa: E402
 from anisora.diffusion.sampling import sample  # noqa: E402
 from anisora.inference.pipeline import offload  # noqa: E402
+from benchmarks.gpu import benchmark_device  # noqa: E402
 
 PROMPT = "a red-haired girl turns her head and smiles, cherry blossoms fall. aesthetic score: 5.5. motion score: 2.0."
 NATIVE = {  # frames, height, width
@@ -224,9 +225,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="toy sizes on any device: checks this script")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "backbones.json")
     args = parser.parse_args()
-    if not torch.cuda.is_available() and not args.smoke:
-        sys.exit("benchmarks/backbones.py needs a CUDA GPU (or --smoke)")
-    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    device = benchmark_device("benchmarks/backbones.py", args.smoke)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     report = {"date": date.today().isoformat(), "device": name,
               "torch": torch.__version__, "command": "python benchmarks/backbones.py " + " ".join(sys.argv[1:]),

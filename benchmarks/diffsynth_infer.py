@@ -39,6 +39,7 @@ import backbones  # noqa: E402
 import infer_latency  # noqa: E402
 from backbones import NATIVE, PROMPT, ROOT, build, guide_for, timed  # noqa: E402
 from diffsynth_weights import diffsynth_models, parity  # noqa: E402
+from gpu import benchmark_device  # noqa: E402
 from report import error_line  # noqa: E402
 
 from anisora.accelerators.devices import synchronize  # noqa: E402
@@ -159,9 +160,7 @@ def main() -> None:
     references = infer_latency.reference_files(args.reference)
     if args.stock and "stock" in references:
         sys.exit("--stock and --reference stock=...: give one of them")
-    if not torch.cuda.is_available() and not args.smoke:
-        sys.exit("benchmarks/diffsynth_infer.py needs a CUDA GPU (or --smoke)")
-    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    device = benchmark_device("benchmarks/diffsynth_infer.py", args.smoke)
     f, h, w = (9, 64, 64) if args.smoke else NATIVE["wan14b"]
     steps = 2 if args.smoke else args.steps
     for key in REAL_IN_SMOKE:

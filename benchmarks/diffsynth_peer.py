@@ -26,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
+from gpu import benchmark_device  # benchmarks/, the script's own folder
 from report import error_line  # benchmarks/, the script's own folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,9 +156,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="a tiny DiT at a tiny size on any device")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "diffsynth_peer.json")
     args = parser.parse_args()
-    if not torch.cuda.is_available() and not args.smoke:
-        sys.exit("benchmarks/diffsynth_peer.py needs a CUDA GPU (or --smoke)")
-    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    device = benchmark_device("benchmarks/diffsynth_peer.py", args.smoke)
     size = (5, 32, 32) if args.smoke else tuple(args.size)
     report = {"date": date.today().isoformat(), "device": torch.cuda.get_device_name(device)
               if device.type == "cuda" else "cpu", "torch": torch.__version__,

@@ -40,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import backbones  # noqa: E402
 from backbones import NATIVE, PROMPT, ROOT, build, guide_for, timed, warm_up_stages  # noqa: E402
+from gpu import benchmark_device  # noqa: E402
 from report import error_line  # noqa: E402
 
 from anisora.accelerators.devices import (  # noqa: E402
@@ -80,13 +81,23 @@ LOWVRAM_BUDGET_GIB = 24.0
 STOCK = "stock diffusers"  # the row of diffusers' own pipeline
 
 
+def variant_spec(name: str, smoke: bool = False) -> tuple[str | None, SpeedupSpec]:
+    """A variant's attention kernel and its speed-ups; a smoke run compiles with aot_eager (no C compiler needed)
+    and lets a speed-up the CPU lacks fall back instead of failing."""
+    fields = {**VARIANTS[name], "best_effort": smoke}
+    attention = fields.pop("attention", None)
+    if smoke and fields.get("compile"):
+        fields["compile_backend"] = "aot_eager"
+    return attention, SpeedupSpec(**fields)
+
+
 def check_variants(variants: list[str], device: torch.device) -> None:
     """Stop in one line, before the weights are built, when a requested variant cannot run here (a missing
     package such as torchao, a GPU without float8): a ten-minute run should not find out at its last row."""
     from anisora.inference.speedups.apply import problems
 
     for name in variants:
-        found = problems(SpeedupSpec(**{k: v for k, v in VARIANTS[name].items() if k != "attention"}), device)
+        found = problems(variant_spec(name)[1], device)
         if found:
             key, why = found[0]
             sys.exit(f"--variants {name}: {key} {why}")
@@ -488,8 +499,7 @@ def main() -> None:
         merge(args.merge, args.out or ROOT / "benchmarks" / "results" / f"infer_{args.model}.json", args.versus)
         return
     references = reference_files(args.reference)
-    if not torch.cuda.is_available() and not args.smoke:
-        sys.exit("benchmarks/infer_latency.py needs a CUDA GPU (or --smoke)")
+    benchmark_device("benchmarks/infer_latency.py", args.smoke)
     main_process = True
     if args.context_parallel > 1:
         from anisora.accelerators.distributed import init_process_group, require_world
@@ -551,14 +561,11 @@ def main() -> None:
         try:
             if name == "lowvram":
                 cap_memory(device, LOWVRAM_BUDGET_GIB)
-            fields = {**VARIANTS[name], "best_effort": args.smoke}
-            row["attention"] = set_attention_backend(backbone.denoiser, fields.pop("attention", None), device,
-                                                     torch.bfloat16) or "default"
-            if args.smoke and fields.get("compile"):
-                fields["compile_backend"] = "aot_eager"
-            row["applied"] = apply_speedups(backbone, SpeedupSpec(**fields), device)
+            attention, speedups = variant_spec(name, args.smoke)
+            row["attention"] = set_attention_backend(backbone.denoiser, attention, device, torch.bfloat16) or "default"
+            row["applied"] = apply_speedups(backbone, speedups, device)
             spec = student_sampler() if name.startswith("student") else None
-            if fields.get("compile"):  # compile warm-up, not timed, at the timed run's batch (CFG or not)
+            if speedups.compile:  # compile warm-up, not timed, at the timed run's batch (CFG or not)
                 run_ours(backbone, g, m, 1, device, spec=None if spec is None else replace(spec, num_steps=1,
                                                                                           sigmas=spec.sigmas[:1]))
             outputs[name] = run_ours(backbone, g, m, steps, device, offload_encoders=name == "lowvram", spec=spec)

@@ -37,6 +37,7 @@ from anisora.rewards.base import Clip  # noqa: E402
 from anisora.rewards.learned import LearnedScorer  # noqa: E402
 from anisora.rewards.towers import write_random_clip  # noqa: E402
 from anisora.rewards.vbench import VBenchScorer  # noqa: E402
+from benchmarks.gpu import benchmark_device  # noqa: E402
 from benchmarks.report import print_key_values  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -130,9 +131,8 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="full size on the CPU (minutes per part)")
     parser.add_argument("--out", type=Path, default=RESULTS / "reward_models.json")
     args = parser.parse_args()
-    if not torch.cuda.is_available() and not (args.smoke or args.cpu):
-        sys.exit("benchmarks/reward_models.py needs a CUDA GPU (or --cpu, or --smoke)")
-    device = torch.device("cuda", 0) if torch.cuda.is_available() and not args.cpu else torch.device("cpu")
+    device = torch.device("cpu") if args.cpu else benchmark_device("benchmarks/reward_models.py", args.smoke,
+                                                                     "--cpu, or --smoke")
     f, h, w = (9, 64, 64) if args.smoke else (args.frames, args.height, args.width)
     world = WorldConfig(num_frames=f, height=h, width=w, sprite_size=max(9, min(h, w) // 4))
     video = make_clip(world, 0, "benchmark", 0, motion_score=2.0, direction="right")

@@ -51,6 +51,7 @@ from anisora.accelerators.devices import (  # noqa: E402
     synchronize,
 )
 from anisora.config.errors import ConfigError  # noqa: E402
+from benchmarks.gpu import benchmark_device  # noqa: E402
 from benchmarks.report import error_line  # noqa: E402
 
 CLIP = ["data.num_frames=81", "data.height=480", "data.width=832", "accelerator=gpu"]
@@ -464,13 +465,11 @@ def main() -> None:
             row = recount(path if path.is_file() else args.out / path)
             print(f"{row['run']}: MFU {row['mfu']:.1%} (3 x fwd), {row['mfu_executed']:.1%} (executed)")
         return
-    if not torch.cuda.is_available() and not args.smoke:
-        sys.exit("benchmarks/train_throughput.py needs a CUDA GPU (or --smoke)")
+    device = benchmark_device("benchmarks/train_throughput.py", args.smoke)
     runs = args.runs or ONE_GPU
     if len(runs) > 1 and any(int(dict(o.split("=", 1) for o in RUNS.get(r, [])).get("accelerator.devices", 1)) > 1
                              for r in runs):
         sys.exit("a multi-GPU run re-launches this script per rank: give it alone to --runs")
-    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     rank = int(os.environ.get("LOCAL_RANK", 0))
     header = {"date": date.today().isoformat(), "device": torch.cuda.get_device_name(device)
               if device.type == "cuda" else "cpu", "torch": torch.__version__,
