@@ -64,6 +64,8 @@ RUNS: dict[str, list[str]] = {  # name -> train.py overrides (on top of COMMON a
     "wan1.3b_ops": ["model=wan1.3b", "trainer.activation_checkpointing=ops"],
     "wan1.3b_none": ["model=wan1.3b", "trainer.activation_checkpointing=none"],
     "wan1.3b_full": ["model=wan1.3b", "trainer.activation_checkpointing=full"],
+    # DiffSynth-Studio's own setting: bf16 weights and AdamW states, no fp32 master copy (less exact updates)
+    "wan1.3b_full_bf16": ["model=wan1.3b", "trainer.activation_checkpointing=full", "accelerator.precision=bf16-true"],
     "wan1.3b_ops_sdpa": ["model=wan1.3b", "trainer.activation_checkpointing=ops", "accelerator.attention_backend=null"],
     "wan1.3b_ops_flash4": ["model=wan1.3b", "trainer.activation_checkpointing=ops",
                            "accelerator.attention_backend=flash_4"],
