@@ -18,3 +18,27 @@ def test_an_unknown_method_option_or_class_fails_in_one_line():
         method_class(compose("train", ["method._target_=nowhere.Method"]).method)
     with pytest.raises(ConfigError, match=r"is not a DiffusionMethod"):
         method_class(compose("train", ["method._target_=torch.nn.Linear"]).method)
+
+
+def test_bf16_true_precision_trains_the_bf16_weights_themselves(tmp_path):
+    """`accelerator.precision=bf16-true` (DiffSynth-Studio's setting: no fp32 master copy, half the optimizer
+    memory) is one override: every weight and Adam moment is bf16 and the step still moves the weights."""
+    import torch
+    from conftest import TINY
+    from omegaconf import open_dict
+
+    from anisora.tasks.train import prepare_training
+
+    cfg = compose("train", [*TINY, "accelerator=cpu", "accelerator.precision=bf16-true", "trainer.max_steps=2",
+                            "logger=none", "callbacks.progress_bar=none", "callbacks.sample_videos=false",
+                            "optimizer.ema_decay=0", f"paths.log_dir={tmp_path}", f"paths.output_dir={tmp_path}"])
+    with open_dict(cfg):
+        del cfg["hydra"]
+    run = prepare_training(cfg, tmp_path / "run")
+    before = {n: p.detach().float().clone() for n, p in run.method.backbone.denoiser.named_parameters()}
+    run.trainer.fit(run.method, datamodule=run.datamodule)
+    params = dict(run.method.backbone.denoiser.named_parameters())
+    assert all(p.dtype == torch.bfloat16 for p in params.values())
+    assert any(not torch.equal(p.float(), before[n]) for n, p in params.items())
+    moments = [s["exp_avg"] for s in run.trainer.optimizers[0].state.values()]
+    assert moments and all(m.dtype == torch.bfloat16 for m in moments)
