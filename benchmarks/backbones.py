@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from anisora.accelerators.devices import empty_cache, peak_memory_gib, reset_peak_memory, synchronize  # noqa: E402
 from anisora.diffusion.sampling import sample  # noqa: E402
 from anisora.inference.pipeline import offload  # noqa: E402
-from benchmarks.gpu import benchmark_device  # noqa: E402
+from benchmarks.gpu import benchmark_device, device_name  # noqa: E402
 
 PROMPT = "a red-haired girl turns her head and smiles, cherry blossoms fall. aesthetic score: 5.5. motion score: 2.0."
 NATIVE = {  # frames, height, width
@@ -226,8 +226,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "backbones.json")
     args = parser.parse_args()
     device = benchmark_device("benchmarks/backbones.py", args.smoke)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    report = {"date": date.today().isoformat(), "device": name,
+    report = {"date": date.today().isoformat(), "device": device_name(device),
               "torch": torch.__version__, "command": "python benchmarks/backbones.py " + " ".join(sys.argv[1:]),
               "rows": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ import backbones  # noqa: E402
 import infer_latency  # noqa: E402
 from backbones import NATIVE, PROMPT, ROOT, build, guide_for, timed  # noqa: E402
 from diffsynth_weights import diffsynth_models, parity  # noqa: E402
-from gpu import benchmark_device  # noqa: E402
+from gpu import benchmark_device, device_name  # noqa: E402
 from report import error_line  # noqa: E402
 
 from anisora.accelerators.devices import synchronize  # noqa: E402
@@ -179,8 +179,8 @@ def main() -> None:
     checksum = infer_latency.weights_checksum(backbone.denoiser)
     print(f"weights checksum {checksum:.6e}", flush=True)
     pipe, models = build_pipeline(backbone, device, dtype)
-    report = {"date": date.today().isoformat(), "device": torch.cuda.get_device_name(device)
-              if device.type == "cuda" else "cpu", "torch": torch.__version__, "model": "wan14b", "clip": [f, h, w],
+    report = {"date": date.today().isoformat(), "device": device_name(device),
+              "torch": torch.__version__, "model": "wan14b", "clip": [f, h, w],
               "steps": steps, "gpus": 1, "weights_checksum": checksum,
               "peer_version": f"diffsynth {metadata.version('diffsynth')}", "attention": attention_kernel(),
               "sigma_shift": args.sigma_shift, "parity_rel_l2": parity(backbone, models, 5, 64, 64),

@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
-from gpu import benchmark_device  # benchmarks/, the script's own folder
+from gpu import benchmark_device, device_name  # benchmarks/, the script's own folder
 from report import error_line  # benchmarks/, the script's own folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,8 +158,7 @@ def main() -> None:
     args = parser.parse_args()
     device = benchmark_device("benchmarks/diffsynth_peer.py", args.smoke)
     size = (5, 32, 32) if args.smoke else tuple(args.size)
-    report = {"date": date.today().isoformat(), "device": torch.cuda.get_device_name(device)
-              if device.type == "cuda" else "cpu", "torch": torch.__version__,
+    report = {"date": date.today().isoformat(), "device": device_name(device), "torch": torch.__version__,
               "peer_version": f"diffsynth {metadata.version('diffsynth')}", "clip": list(size),
               "memory_cap_gib": args.memory_cap_gib,
               "command": "python benchmarks/diffsynth_peer.py " + " ".join(sys.argv[1:]), "rows": []}

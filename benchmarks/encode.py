@@ -36,6 +36,7 @@ from anisora.data.encode import EncodeSettings, encode_shards  # noqa: E402
 from anisora.data.manifest import read_manifest  # noqa: E402
 from anisora.data.synthetic import WorldConfig  # noqa: E402
 from anisora.data.synthetic_export import export_world  # noqa: E402
+from benchmarks.gpu import device_name  # noqa: E402
 
 
 def timed(device: torch.device, fn, *args, **kwargs):
@@ -89,8 +90,8 @@ def main() -> None:
                            show_progress=False)
     stages = stage_times(backbone, records[1], fmt, device)
     tar_bytes = sum(p.stat().st_size for p in (work / "shards").glob("*.tar"))
-    row = {"date": date.today().isoformat(), "device": str(torch.cuda.get_device_name(device)) if device.type == "cuda"
-           else "cpu", "model": args.model, "smoke": args.smoke, "frames": frames, "height": height, "width": width,
+    row = {"date": date.today().isoformat(), "device": device_name(device),
+           "model": args.model, "smoke": args.smoke, "frames": frames, "height": height, "width": width,
            "dtype": str(dtype).removeprefix("torch."), "guides": info["guides"], "clips": clips,
            "export_s": export_s, "build_s": build_s, "encode_s": encode_s, "clips_per_s": clips / encode_s,
            "s_per_clip": encode_s / clips, **stages, "peak_gib": peak_memory_gib(device),

@@ -1,5 +1,6 @@
-"""The one device check every GPU benchmark starts with: its numbers mean nothing on a CPU, so without a GPU a
-script stops at once with one line naming the flag that allows a CPU run (a smoke test of the same code)."""
+"""The one device check every GPU benchmark starts with, and the device name its results file records: numbers
+mean nothing on a CPU, so without a GPU a script stops at once with one line naming the flag that allows a CPU
+run (a smoke test of the same code)."""
 
 from __future__ import annotations
 
@@ -15,3 +16,8 @@ def benchmark_device(script: str, cpu_allowed: bool, flags: str = "--smoke") -> 
     if not cpu_allowed:
         sys.exit(f"{script} needs a CUDA GPU (or {flags})")
     return torch.device("cpu")
+
+
+def device_name(device: torch.device) -> str:
+    """What a results file records as its device: the GPU's model name, or "cpu" for a smoke run."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import backbones  # noqa: E402
 from backbones import NATIVE, PROMPT, ROOT, build, guide_for, timed, warm_up_stages  # noqa: E402
-from gpu import benchmark_device  # noqa: E402
+from gpu import benchmark_device, device_name  # noqa: E402
 from report import error_line  # noqa: E402
 
 from anisora.accelerators.devices import (  # noqa: E402
@@ -528,8 +528,8 @@ def main() -> None:
     if args.check_inputs:
         check_inputs(backbone, g, m, device)
         return
-    report = {"date": date.today().isoformat(), "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-              else "cpu", "torch": torch.__version__, "model": args.model, "clip": [f, h, w], "steps": steps,
+    report = {"date": date.today().isoformat(), "device": device_name(device),
+              "torch": torch.__version__, "model": args.model, "clip": [f, h, w], "steps": steps,
               "gpus": args.context_parallel, "weights_checksum": weights_checksum(backbone.denoiser),
               "command": "python benchmarks/infer_latency.py " + " ".join(sys.argv[1:]),
               "saved_to": str(args.save_latents.resolve()) if args.save_latents else None, "rows": []}

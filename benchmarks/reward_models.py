@@ -37,7 +37,7 @@ from anisora.rewards.base import Clip  # noqa: E402
 from anisora.rewards.learned import LearnedScorer  # noqa: E402
 from anisora.rewards.towers import write_random_clip  # noqa: E402
 from anisora.rewards.vbench import VBenchScorer  # noqa: E402
-from benchmarks.gpu import benchmark_device  # noqa: E402
+from benchmarks.gpu import benchmark_device, device_name  # noqa: E402
 from benchmarks.report import print_key_values  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -139,8 +139,8 @@ def main() -> None:
     clips = [Clip(name=f"c{i}", frames=video.video, prompt=video.caption, guide_indices=[0],
                   guide_frames=video.video[:1].copy()) for i in range(args.clips)]
     bf16 = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
-    report = {"date": date.today().isoformat(), "device": torch.cuda.get_device_name(device)
-              if device.type == "cuda" else "cpu", "torch": torch.__version__, "clip": [f, h, w],
+    report = {"date": date.today().isoformat(), "device": device_name(device),
+              "torch": torch.__version__, "clip": [f, h, w],
               "command": "python -m benchmarks.reward_models " + " ".join(sys.argv[1:]), "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         paths = towers(Path(tmp), args.smoke)

@@ -51,7 +51,7 @@ from anisora.accelerators.devices import (  # noqa: E402
     synchronize,
 )
 from anisora.config.errors import ConfigError  # noqa: E402
-from benchmarks.gpu import benchmark_device  # noqa: E402
+from benchmarks.gpu import benchmark_device, device_name  # noqa: E402
 from benchmarks.report import error_line  # noqa: E402
 
 CLIP = ["data.num_frames=81", "data.height=480", "data.width=832", "accelerator=gpu"]
@@ -473,8 +473,7 @@ def main() -> None:
                              for r in runs):
         sys.exit("a multi-GPU run re-launches this script per rank: give it alone to --runs")
     rank = int(os.environ.get("LOCAL_RANK", 0))
-    header = {"date": date.today().isoformat(), "device": torch.cuda.get_device_name(device)
-              if device.type == "cuda" else "cpu", "torch": torch.__version__,
+    header = {"date": date.today().isoformat(), "device": device_name(device), "torch": torch.__version__,
               "command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]),
               "memory_cap_gib": args.memory_cap_gib}
     peak = matmul_peak_tflops(device)

@@ -60,6 +60,16 @@ def compose(config_name: str, overrides: list[str]):
     return compose_in_process(str(ROOT / "conf"), config_name, overrides)
 
 
+def train_config(overrides: list[str], folder: Path):
+    """train.py's config as a task sees it (no hydra node), writing under `folder`."""
+    from omegaconf import open_dict
+
+    cfg = compose("train", [*overrides, f"paths.log_dir={folder}", f"paths.output_dir={folder}"])
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
 def list_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 

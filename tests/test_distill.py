@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, assert_same_last_checkpoints, compose, killed_and_resumed, run_entry
+from conftest import TINY, assert_same_last_checkpoints, compose, killed_and_resumed, run_entry, train_config
 
 from anisora.config.errors import ConfigError
 from anisora.diffusion.sampling import SamplerSpec, build_stepper, stock_scheduler
@@ -27,16 +27,6 @@ def teacher(tmp_path_factory) -> Path:
     out = run_entry("train.py", *TINY, "trainer.max_steps=2", *QUIET, log_dir=log)
     assert out.returncode == 0, out.stderr[-3000:]
     return next(log.glob("train/*/checkpoints/last.ckpt"))
-
-
-def train_config(overrides: list[str], folder: Path):
-    """train.py's config as a task sees it (no hydra node), writing under `folder`."""
-    from omegaconf import open_dict
-
-    cfg = compose("train", [*overrides, f"paths.log_dir={folder}", f"paths.output_dir={folder}"])
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
 
 
 def distill(experiment: str, teacher: Path, *extra: str) -> list[str]:

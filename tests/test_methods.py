@@ -24,16 +24,13 @@ def test_bf16_true_precision_trains_the_bf16_weights_themselves(tmp_path):
     """`accelerator.precision=bf16-true` (DiffSynth-Studio's setting: no fp32 master copy, half the optimizer
     memory) is one override: every weight and Adam moment is bf16 and the step still moves the weights."""
     import torch
-    from conftest import TINY
-    from omegaconf import open_dict
+    from conftest import TINY, train_config
 
     from anisora.tasks.train import prepare_training
 
-    cfg = compose("train", [*TINY, "accelerator=cpu", "accelerator.precision=bf16-true", "trainer.max_steps=2",
-                            "logger=none", "callbacks.progress_bar=none", "callbacks.sample_videos=false",
-                            "optimizer.ema_decay=0", f"paths.log_dir={tmp_path}", f"paths.output_dir={tmp_path}"])
-    with open_dict(cfg):
-        del cfg["hydra"]
+    cfg = train_config([*TINY, "accelerator=cpu", "accelerator.precision=bf16-true", "trainer.max_steps=2",
+                        "logger=none", "callbacks.progress_bar=none", "callbacks.sample_videos=false",
+                        "optimizer.ema_decay=0"], tmp_path)
     run = prepare_training(cfg, tmp_path / "run")
     before = {n: p.detach().float().clone() for n, p in run.method.backbone.denoiser.named_parameters()}
     run.trainer.fit(run.method, datamodule=run.datamodule)
