@@ -98,17 +98,21 @@ def build_pipeline(backbone, device: torch.device, dtype: torch.dtype):
 
 class Probe:
     """Synchronised wall seconds of every `model_fn` call (the DiT, both CFG branches) and of the VAE decode, and the
-    final latents the decode receives."""
+    final latents the decode receives. Every tenth call prints its seconds, so that a run a time limit stops still
+    tells its per-call speed."""
 
     def __init__(self, pipe, device: torch.device):
-        self.device, self.dit_s, self.decode_s, self.latents = device, 0.0, 0.0, None
+        self.device, self.dit_s, self.decode_s, self.latents, self.calls = device, 0.0, 0.0, None, 0
         model_fn, decode = pipe.model_fn, pipe.vae.decode
 
         def timed_model_fn(**kwargs):
             start = time.perf_counter()
             out = model_fn(**kwargs)
             synchronize(device)
-            self.dit_s += time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            self.dit_s, self.calls = self.dit_s + seconds, self.calls + 1
+            if self.calls % 10 == 0:
+                print(f"DiT call {self.calls}: {seconds:.2f} s", flush=True)
             return out
 
         def timed_decode(hidden_states, *args, **kwargs):
@@ -122,7 +126,7 @@ class Probe:
         pipe.model_fn, pipe.vae.decode = timed_model_fn, timed_decode
 
     def reset(self) -> None:
-        self.dit_s, self.decode_s, self.latents = 0.0, 0.0, None
+        self.dit_s, self.decode_s, self.latents, self.calls = 0.0, 0.0, None, 0
 
 
 def call_kwargs(image, f: int, h: int, w: int, steps: int, shift: float, settings: dict) -> dict:
