@@ -257,3 +257,22 @@ def test_a_lora_base_is_built_in_its_frozen_dtype_and_its_adapters_stay_fp32(mon
     assert {p.dtype for p in wan.prompt_encoder.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in wan.image_encoder.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in wan.codec.parameters()} == {torch.float32}  # the VAE stays fp32, as loading keeps it
+
+
+def test_a_random_build_under_a_bf16_default_dtype_stays_bf16():
+    """The benchmarks build Wan-14B under a bf16 default dtype: cast up to fp32 it fills an 80 GB card at build."""
+    from anisora.backbones.wan_loading import WanSpec, build_random_wan
+
+    spec = WanSpec(variant="i2v", num_layers=1, num_attention_heads=2, attention_head_dim=8, ffn_dim=16,
+                   in_channels=36, text_dim=16, freq_dim=8, image_dim=16, added_kv_proj_dim=16, text_layers=1,
+                   text_heads=2, text_ff=16, text_vocab=64, clip_layers=1, clip_heads=2, clip_ff=16,
+                   clip_image_size=28, clip_patch=14, vae_base_dim=8, max_sequence_length=8)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        wan = build_random_wan(spec)
+    finally:
+        torch.set_default_dtype(before)
+    assert {p.dtype for p in wan.denoiser.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in wan.prompt_encoder.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in build_random_wan(spec).denoiser.parameters()} == {torch.float32}

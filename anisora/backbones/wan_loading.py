@@ -122,11 +122,15 @@ def load_transformer(path: Path, dtype: torch.dtype, head_dim: int = 128) -> Wan
     return model.eval()
 
 
-def build_random_wan(spec: WanSpec, tokenizer=None, dtype: torch.dtype = torch.float32) -> WanBackbone:
+def build_random_wan(spec: WanSpec, tokenizer=None, dtype: torch.dtype | None = None) -> WanBackbone:
     """Random weights at the spec's sizes (deterministic per init_seed); a word-level tokenizer unless given.
     The DiT and the encoders take `dtype` as each is built, as loading does (the VAE stays fp32): only one part
-    is ever in fp32 at once, so Wan-14B's LoRA base (65.6 GB in fp32) and UMT5-XXL (22.7 GB) fit an 80 GB card."""
+    is ever in fp32 at once, so Wan-14B's LoRA base (65.6 GB in fp32) and UMT5-XXL (22.7 GB) fit an 80 GB card.
+    No `dtype` keeps torch's default dtype, so a build under a bf16 default is never cast up to fp32 (Wan-14B
+    and UMT5-XXL in fp32 fill an 80 GB card before the first step)."""
     from anisora.backbones.tiny import word_tokenizer, world_vocabulary
+
+    dtype = dtype or torch.get_default_dtype()
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.init_seed)
