@@ -232,6 +232,12 @@ def test_fp32_adapters_on_a_bf16_base_under_autocast_skip_peft_s_fp32_copy_of_th
     assert ours(x.to("meta")).shape == (32, 8)
 
 
+TINY_I2V = dict(  # a Wan I2V backbone small enough to build in a test: every part, one layer each
+    variant="i2v", num_layers=1, num_attention_heads=2, attention_head_dim=8, ffn_dim=16, in_channels=36, text_dim=16,
+    freq_dim=8, image_dim=16, added_kv_proj_dim=16, text_layers=1, text_heads=2, text_ff=16, text_vocab=64,
+    clip_layers=1, clip_heads=2, clip_ff=16, clip_image_size=28, clip_patch=14, vae_base_dim=8, max_sequence_length=8)
+
+
 def test_a_lora_base_is_built_in_its_frozen_dtype_and_its_adapters_stay_fp32(monkeypatch):
     """Wan-14B's base in fp32 (65.6 GB) beside UMT5-XXL would not fit an 80 GB card: the base is built in bf16."""
     import anisora.methods.base as base_module
@@ -249,10 +255,7 @@ def test_a_lora_base_is_built_in_its_frozen_dtype_and_its_adapters_stay_fp32(mon
     full = SFTMethod(**cfg, max_steps=2, frozen_dtype="bfloat16")
     assert asked == [torch.bfloat16, None]  # a full fine-tune keeps fp32 master weights
     assert all(p.dtype == torch.float32 for p in full.backbone.denoiser.parameters())
-    wan = build(torch.bfloat16, variant="i2v", num_layers=1, num_attention_heads=2, attention_head_dim=8, ffn_dim=16,
-                in_channels=36, text_dim=16, freq_dim=8, image_dim=16, added_kv_proj_dim=16, text_layers=1,
-                text_heads=2, text_ff=16, text_vocab=64, clip_layers=1, clip_heads=2, clip_ff=16, clip_image_size=28,
-                clip_patch=14, vae_base_dim=8, max_sequence_length=8)
+    wan = build(torch.bfloat16, **TINY_I2V)
     assert {p.dtype for p in wan.denoiser.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in wan.prompt_encoder.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in wan.image_encoder.parameters()} == {torch.bfloat16}
@@ -263,10 +266,7 @@ def test_a_random_build_under_a_bf16_default_dtype_stays_bf16():
     """The benchmarks build Wan-14B under a bf16 default dtype: cast up to fp32 it fills an 80 GB card at build."""
     from anisora.backbones.wan_loading import WanSpec, build_random_wan
 
-    spec = WanSpec(variant="i2v", num_layers=1, num_attention_heads=2, attention_head_dim=8, ffn_dim=16,
-                   in_channels=36, text_dim=16, freq_dim=8, image_dim=16, added_kv_proj_dim=16, text_layers=1,
-                   text_heads=2, text_ff=16, text_vocab=64, clip_layers=1, clip_heads=2, clip_ff=16,
-                   clip_image_size=28, clip_patch=14, vae_base_dim=8, max_sequence_length=8)
+    spec = WanSpec(**TINY_I2V)
     before = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
