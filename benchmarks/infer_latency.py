@@ -19,7 +19,8 @@ splits each variant's video over the launch's GPUs (Ulysses); rank 0 reports. `-
 row's final latents, `--reference NAME=FILE` measures every row's fidelity to latents another run saved (decoded
 here), and `--merge A.json B.json` joins the rows of runs made side by side (stock on one GPU, the variants on
 another: the same seeded weights, printed as a checksum) into one table with speed-ups against stock and, for
-context-parallel rows, against the same variant on one GPU. `--check-inputs` compares the first DiT call of the
+context-parallel rows, against the same variant on one GPU (`--latents DIR`: the runs' saved latents, brought
+from the device machine). `--check-inputs` compares the first DiT call of the
 stock pipeline and of this framework, input by input, and exits.
 """
 
@@ -273,9 +274,12 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def fidelity(ours: dict, ref: dict, label: str) -> dict[str, float]:
-    """PSNR of decoded frames and relative L2 of final latents against another output."""
-    return {f"psnr_to_{label}_db": psnr(ours["frames"], ref["frames"]),
-            f"latent_rel_l2_to_{label}": rel_l2(ours["latents"], ref["latents"])}
+    """PSNR of decoded frames and relative L2 of final latents against another output; latents alone (no
+    frames on one side: a run whose decoded frames were too large to bring back) give the latent figure only."""
+    result = {f"latent_rel_l2_to_{label}": rel_l2(ours["latents"], ref["latents"])}
+    if ours.get("frames") is not None and ref.get("frames") is not None:
+        result[f"psnr_to_{label}_db"] = psnr(ours["frames"], ref["frames"])
+    return result
 
 
 def decoded(backbone, latents: torch.Tensor, frames: int, device: torch.device) -> dict:
@@ -402,8 +406,8 @@ def save_output(output: dict, folder: Path, variant: str) -> None:
 
 
 def check_same_setup(first: dict, other: dict, flag: str) -> None:
-    """Runs joined in one table must share model, clip, steps and the seeded weights."""
-    for key in ("model", "clip", "steps", "weights_checksum"):
+    """Runs joined in one table must share model, clip, steps, the seeded weights and the kind of card."""
+    for key in ("model", "clip", "steps", "weights_checksum", "device"):
         if other.get(key) != first.get(key):
             sys.exit(f"{flag}: {key} differs between the runs ({first.get(key)} vs {other.get(key)})")
 
@@ -421,10 +425,11 @@ def versus_peers(report: dict, ours: dict) -> None:
                                             if "psnr_to_stock_db" in m}
 
 
-def merge(paths: list[Path], out_path: Path, versus: Path | None = None) -> None:
+def merge(paths: list[Path], out_path: Path, versus: Path | None = None, latents: Path | None = None) -> None:
     """Join the rows of runs made side by side into one report; rows that have no fidelity to stock or to
-    `none` yet get it from the outputs the runs saved (--save-latents). The runs must share model, clip,
-    steps and weights. With `versus`, peer rows are also compared with this framework's rows there."""
+    `none` yet get it from the outputs the runs saved (--save-latents), in each run's own folder or in
+    `latents` (those files brought to this machine). The runs must share model, clip, steps and weights.
+    With `versus`, peer rows are also compared with this framework's rows there."""
     reports = [json.loads(p.read_text()) for p in paths]
     first = reports[0]
     for other in reports[1:]:
@@ -434,22 +439,26 @@ def merge(paths: list[Path], out_path: Path, versus: Path | None = None) -> None
     merged.pop("command", None)
     saved = {}
     for report in reports:
-        folder = Path(report["saved_to"]) if report.get("saved_to") else None
+        folders = [Path(report["saved_to"])] if report.get("saved_to") else []
+        folders += [latents] if latents is not None else []
         for row in report["rows"]:
-            if folder is not None and (folder / f"{stem(row['variant'])}.frames.pt").is_file():
-                saved[row["variant"]] = folder / stem(row["variant"])
+            found = [f / stem(row["variant"]) for f in folders if (f / f"{stem(row['variant'])}.pt").is_file()]
+            if found:
+                saved[row["variant"]] = found[0]
 
     @functools.cache
     def load(variant: str) -> dict:
         base = saved[variant]
-        return {"latents": torch.load(f"{base}.pt"), "frames": torch.load(f"{base}.frames.pt").float()}
+        frames = Path(f"{base}.frames.pt")
+        return {"latents": torch.load(f"{base}.pt"), "frames": torch.load(frames).float() if frames.is_file() else None}
 
     for label, variant in (("stock", STOCK), ("none", "none")):
         if variant not in saved:
             continue
         ref = load(variant)
         for row in merged["rows"]:
-            if row["variant"] in saved and row["variant"] not in (STOCK, variant) and f"psnr_to_{label}_db" not in row:
+            known = f"latent_rel_l2_to_{label}" in row
+            if row["variant"] in saved and row["variant"] not in (STOCK, variant) and not known:
                 row.update(fidelity(load(row["variant"]), ref, label))
     add_ratios(merged)
     if versus is not None:
@@ -488,6 +497,8 @@ def main() -> None:
                         help="join the result files of runs made side by side into --out, then exit")
     parser.add_argument("--versus", type=Path, default=None, metavar="JSON",
                         help="with --merge: each peer row's speed ratio to this framework's rows in JSON")
+    parser.add_argument("--latents", type=Path, default=None, metavar="DIR",
+                        help="with --merge: the runs' --save-latents files, brought here from their machine")
     parser.add_argument("--check-inputs", action="store_true",
                         help="compare the first DiT call of stock and ours input by input, then exit")
     parser.add_argument("--smoke", action="store_true", help="toy sizes on any device: checks this script")
@@ -496,7 +507,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.merge:
-        merge(args.merge, args.out or ROOT / "benchmarks" / "results" / f"infer_{args.model}.json", args.versus)
+        merge(args.merge, args.out or ROOT / "benchmarks" / "results" / f"infer_{args.model}.json", args.versus,
+              args.latents)
         return
     references = reference_files(args.reference)
     benchmark_device("benchmarks/infer_latency.py", args.smoke)
