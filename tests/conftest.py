@@ -60,14 +60,20 @@ def compose(config_name: str, overrides: list[str]):
     return compose_in_process(str(ROOT / "conf"), config_name, overrides)
 
 
-def train_config(overrides: list[str], folder: Path):
-    """train.py's config as a task sees it (no hydra node), writing under `folder`."""
-    from omegaconf import open_dict
+def task_config(config_name: str, overrides: list[str]):
+    """A primary config as @hydra.main hands it to its task: composed like a real run, writable, no hydra node."""
+    from omegaconf import OmegaConf, open_dict
 
-    cfg = compose("train", [*overrides, f"paths.log_dir={folder}", f"paths.output_dir={folder}"])
+    cfg = compose(config_name, overrides)
+    OmegaConf.set_readonly(cfg, False)
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
+
+
+def train_config(overrides: list[str], folder: Path):
+    """train.py's config as a task sees it, writing under `folder`."""
+    return task_config("train", [*overrides, f"paths.log_dir={folder}", f"paths.output_dir={folder}"])
 
 
 def list_files(folder: Path) -> list[Path]:

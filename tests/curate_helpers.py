@@ -33,11 +33,6 @@ def write_animation(path: Path, fps: int = 10) -> list[int]:
 
 def curate_config(*overrides: str):
     """conf/curate.yaml composed in-process as the CLI would, without Hydra's own node."""
-    from conftest import compose
-    from omegaconf import OmegaConf, open_dict
+    from conftest import task_config
 
-    cfg = compose("curate", list(overrides))
-    OmegaConf.set_readonly(cfg, False)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return task_config("curate", list(overrides))

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf, open_dict
 
 from anisora.data.synthetic import WorldConfig, make_clip
 from anisora.inference.video_io import encode_png, write_mp4
@@ -35,14 +34,11 @@ def benchmark(folder):
 
 
 def run(tmp_path, file):
-    from conftest import compose
+    from conftest import task_config
 
     out = tmp_path / "outputs" / "evaluate" / "run"
-    cfg = compose("evaluate", [f"benchmark={file}", "metrics=[weight_free]", "logger=none", "accelerator=cpu",
-                               f"paths.log_dir={tmp_path / 'outputs'}", f"paths.output_dir={out}"])
-    OmegaConf.set_readonly(cfg, False)
-    with open_dict(cfg):
-        del cfg["hydra"]
+    cfg = task_config("evaluate", [f"benchmark={file}", "metrics=[weight_free]", "logger=none", "accelerator=cpu",
+                                   f"paths.log_dir={tmp_path / 'outputs'}", f"paths.output_dir={out}"])
     return evaluate.run(cfg), out
 
 

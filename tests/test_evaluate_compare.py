@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from omegaconf import OmegaConf, open_dict
 
 from anisora.config.errors import ConfigError
 from anisora.evaluation.compare import comparison, read_run
@@ -19,13 +18,9 @@ def run_folder(path, metrics):
 
 
 def compose_evaluate(overrides):
-    from conftest import compose
+    from conftest import task_config
 
-    cfg = compose("evaluate", overrides)
-    OmegaConf.set_readonly(cfg, False)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return task_config("evaluate", overrides)
 
 
 def test_compare_writes_both_runs_and_the_differences(tmp_path):

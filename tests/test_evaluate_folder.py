@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose, run_entry
-from omegaconf import OmegaConf, open_dict
+from conftest import run_entry, task_config
 
 from anisora.inference.video_io import write_mp4
 from anisora.tasks import evaluate
@@ -29,11 +28,8 @@ def bad_files(folder: Path) -> Path:
 
 
 def run_in_process(videos: Path, out: Path) -> dict[str, float]:
-    cfg = compose("evaluate", [f"videos={videos}", "logger=none", "accelerator=cpu", f"paths.log_dir={out}",
-                               f"paths.output_dir={out / 'evaluate' / 'run'}"])
-    OmegaConf.set_readonly(cfg, False)
-    with open_dict(cfg):
-        del cfg["hydra"]  # as @hydra.main hands it to the task
+    cfg = task_config("evaluate", [f"videos={videos}", "logger=none", "accelerator=cpu", f"paths.log_dir={out}",
+                                   f"paths.output_dir={out / 'evaluate' / 'run'}"])
     return evaluate.run(cfg)
 
 

@@ -9,8 +9,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, compose
-from omegaconf import open_dict
+from conftest import ROOT, TINY, compose, task_config
 
 TINY_COGVIDEOX = ["model.num_layers=1", "model.num_attention_heads=2", "model.attention_head_dim=16",
                   "model.time_embed_dim=16", "model.text_dim=16", "model.text_layers=1", "model.text_heads=2",
@@ -26,11 +25,9 @@ PRESETS = {"anisora_v1": ("train", "cogvideox"), "anisora_v2": ("train", "wan"),
            "anisora_rl_gapo": ("rl_finetune", None)}
 
 
-def task_config(name: str, overrides: list[str], folder: Path):
-    cfg = compose(name, [*overrides, f"paths.log_dir={folder.parent}", f"paths.output_dir={folder}"])
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+def run_config(name: str, overrides: list[str], folder: Path):
+    """A task's config writing its run under `folder` (its parent the log dir, as Hydra lays runs out)."""
+    return task_config(name, [*overrides, f"paths.log_dir={folder.parent}", f"paths.output_dir={folder}"])
 
 
 def test_every_preset_composes_with_its_real_model_and_has_a_tiny_counterpart(tmp_path):
@@ -101,22 +98,22 @@ def test_every_tiny_preset_runs_and_the_offline_wandb_runs_hold_metrics_tables_a
                           ("anisora_v3_anyframe_tiny", ["logger=none"])]:
         tiny = TINY_COGVIDEOX if preset.startswith("anisora_v1") else TINY
         runs[preset] = tmp_path / "train" / preset
-        metrics = fit(task_config("train", [f"experiment={preset}", *tiny, *FEW, *extra], runs[preset]))
+        metrics = fit(run_config("train", [f"experiment={preset}", *tiny, *FEW, *extra], runs[preset]))
         assert metrics["global_step"] == 2 and metrics["train/loss"] == metrics["train/loss"], preset  # not NaN
     teacher = runs["anisora_v2_tiny"] / "checkpoints" / "last.ckpt"
     distill = tmp_path / "train" / "anisora_v2_distill_tiny"
-    metrics = fit(task_config("train", ["experiment=anisora_v2_distill_tiny", *TINY, *FEW, "logger=none",
-                                              f"method.teacher={teacher}", "method.role_lora.rank=4",
-                                              "method.role_lora.alpha=4", "callbacks.sample_videos=false",
-                                 "sampler.num_steps=4"], distill))
+    metrics = fit(run_config("train", ["experiment=anisora_v2_distill_tiny", *TINY, *FEW, "logger=none",
+                                       f"method.teacher={teacher}", "method.role_lora.rank=4",
+                                       "method.role_lora.alpha=4", "callbacks.sample_videos=false",
+                                       "sampler.num_steps=4"], distill))
     assert metrics["global_step"] == 2 and "train/critic_loss" in metrics
     rl = tmp_path / "rl_finetune" / "gapo"
-    rl_metrics = rl_finetune.run(task_config("rl_finetune", ["experiment=anisora_rl_gapo_tiny", f"ckpt={teacher}",
-                                                             *RL, "logger=wandb"], rl))
+    rl_metrics = rl_finetune.run(run_config("rl_finetune", ["experiment=anisora_rl_gapo_tiny", f"ckpt={teacher}",
+                                                            *RL, "logger=wandb"], rl))
     assert set(rl_metrics) >= {"reward", "guide_psnr"} and (rl / "reward_curves.png").stat().st_size > 1000
     ev = tmp_path / "evaluate" / "run"
-    ev_metrics = evaluate.run(task_config("evaluate", [f"ckpt={teacher}", "accelerator=cpu", "num_clips=2",
-                                                       "sampler.num_steps=2"], ev))
+    ev_metrics = evaluate.run(run_config("evaluate", [f"ckpt={teacher}", "accelerator=cpu", "num_clips=2",
+                                                      "sampler.num_steps=2"], ev))
     assert ev_metrics["num_clips"] == 2
     printed = capsys.readouterr().out
     for folder, task in [(runs["anisora_v2_tiny"], "train/sft"), (rl, "rl_finetune/gapo"), (ev, "evaluate")]:

@@ -10,7 +10,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf, open_dict
 
 from anisora.config.errors import ConfigError
 from anisora.data.reward_clips import group_pairs, read_reward_data
@@ -105,13 +104,9 @@ def test_bad_reward_data_fails_in_one_line(tmp_path):
 
 
 def compose_train(overrides):
-    from conftest import compose
+    from conftest import task_config
 
-    cfg = compose("train", overrides)
-    OmegaConf.set_readonly(cfg, False)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return task_config("train", overrides)
 
 
 def test_train_py_fits_a_reward_model_whose_checkpoint_is_the_learned_scorer(tmp_path):

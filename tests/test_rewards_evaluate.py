@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 from test_evaluate_folder import bad_files, run_in_process
 
 from anisora.config.errors import ConfigError
@@ -48,14 +48,11 @@ def test_a_folder_of_mixed_clips_gets_every_weight_free_dimension(tmp_path):
 
 
 def test_bad_scorer_settings_fail_before_any_video_is_read(tmp_path):
-    from conftest import compose
+    from conftest import task_config
 
     for override, key in (("metrics=[nope]", "metrics"), ("reward=weighted", "reward.weights.nope")):
         extra = ["+reward.weights.nope=1.0"] if override == "reward=weighted" else []
-        cfg = compose("evaluate", [f"videos={tmp_path}", "logger=none", override, *extra])
-        OmegaConf.set_readonly(cfg, False)
-        with open_dict(cfg):
-            del cfg["hydra"]
+        cfg = task_config("evaluate", [f"videos={tmp_path}", "logger=none", override, *extra])
         with pytest.raises(ConfigError) as err:
             evaluate.build_scorers(cfg)
         assert err.value.key == key
