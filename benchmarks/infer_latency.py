@@ -428,7 +428,7 @@ def versus_peers(report: dict, ours: dict) -> None:
 def merge(paths: list[Path], out_path: Path, versus: Path | None = None, latents: Path | None = None) -> None:
     """Join the rows of runs made side by side into one report; rows that have no fidelity to stock or to
     `none` yet get it from the outputs the runs saved (--save-latents), in each run's own folder or in
-    `latents` (those files brought to this machine). The runs must share model, clip, steps and weights.
+    `latents` (those files brought to this machine). The runs must share model, clip, steps, weights and card.
     With `versus`, peer rows are also compared with this framework's rows there."""
     reports = [json.loads(p.read_text()) for p in paths]
     first = reports[0]

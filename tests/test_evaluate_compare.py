@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import task_config
 
 from anisora.config.errors import ConfigError
 from anisora.evaluation.compare import comparison, read_run
@@ -17,18 +18,12 @@ def run_folder(path, metrics):
     return path
 
 
-def compose_evaluate(overrides):
-    from conftest import task_config
-
-    return task_config("evaluate", overrides)
-
-
 def test_compare_writes_both_runs_and_the_differences(tmp_path):
     a = run_folder(tmp_path / "a", {"dynamic_degree": 0.5, "speed_error": 2.0, "only_a": 1.0, "note": "text"})
     b = run_folder(tmp_path / "b", {"dynamic_degree": 0.75, "speed_error": 1.5})
     out = tmp_path / "outputs" / "evaluate" / "run"
-    metrics = evaluate.run(compose_evaluate([f"compare=[{a},{b}]", "logger=none", f"paths.log_dir={tmp_path}",
-                                             f"paths.output_dir={out}"]))
+    metrics = evaluate.run(task_config("evaluate", [f"compare=[{a},{b}]", "logger=none", f"paths.log_dir={tmp_path}",
+                                                    f"paths.output_dir={out}"]))
     assert metrics == {"num_runs": 2.0}
     table = json.loads((out / "compare.json").read_text())
     assert table["runs"] == ["a", "b"]
@@ -43,8 +38,8 @@ def test_compare_refuses_a_run_without_metrics_before_writing(tmp_path, capsys):
     a = run_folder(tmp_path / "a", {"x": 1.0})
     out = tmp_path / "outputs" / "evaluate" / "run"
     with pytest.raises(SystemExit):
-        evaluate.run(compose_evaluate([f"compare=[{a},{tmp_path / 'missing'}]", "logger=none",
-                                       f"paths.log_dir={tmp_path}", f"paths.output_dir={out}"]))
+        evaluate.run(task_config("evaluate", [f"compare=[{a},{tmp_path / 'missing'}]", "logger=none",
+                                              f"paths.log_dir={tmp_path}", f"paths.output_dir={out}"]))
     assert capsys.readouterr().err.startswith("error: compare: ")
     assert not (out / "compare.md").exists()
     with pytest.raises(ConfigError, match="compare: expected two or more"):

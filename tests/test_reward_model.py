@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import task_config
 
 from anisora.config.errors import ConfigError
 from anisora.data.reward_clips import group_pairs, read_reward_data
@@ -103,12 +104,6 @@ def test_bad_reward_data_fails_in_one_line(tmp_path):
         read_reward_data(write_rows(tmp_path, [{"id": "a", "video": "a.npy"}, {"pair": ["a", "zz"]}]), "k")
 
 
-def compose_train(overrides):
-    from conftest import task_config
-
-    return task_config("train", overrides)
-
-
 def test_train_py_fits_a_reward_model_whose_checkpoint_is_the_learned_scorer(tmp_path):
     from anisora.tasks import train
 
@@ -122,7 +117,7 @@ def test_train_py_fits_a_reward_model_whose_checkpoint_is_the_learned_scorer(tmp
                  "trainer.val_every_n_steps=3", "optimizer.warmup_steps=1", "logger=none", "accelerator=cpu",
                  "callbacks.progress_bar=none", f"paths.log_dir={tmp_path / 'outputs'}",
                  f"paths.output_dir={run_dir}"]
-    metrics = train.run(compose_train(overrides))
+    metrics = train.run(task_config("train", overrides))
     assert math.isfinite(metrics) and metrics > 0
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     (towers / "config.json").unlink()  # the checkpoint alone rebuilds the towers and the tokenizer
@@ -176,8 +171,8 @@ def test_reward_model_settings_and_checkpoints_are_refused_in_one_line(tmp_path,
     for extra, key in ((["method.train_data=null"], "method.train_data"),
                        (["method.train_data=x.jsonl", "method.pair_loss=hinge"], "method.pair_loss"),
                        (["method.train_data=x.jsonl"], "method.train_data")):
-        cfg = compose_train(["method=reward_model", "logger=none", f"paths.log_dir={tmp_path}",
-                             f"paths.output_dir={tmp_path / 'run'}", *extra])
+        cfg = task_config("train", ["method=reward_model", "logger=none", f"paths.log_dir={tmp_path}",
+                                    f"paths.output_dir={tmp_path / 'run'}", *extra])
         with pytest.raises(SystemExit):
             train.run(cfg)
         assert capsys.readouterr().err.startswith(f"error: {key}: ")
