@@ -430,6 +430,8 @@ def merge(paths: list[Path], out_path: Path, versus: Path | None = None, latents
     `none` yet get it from the outputs the runs saved (--save-latents), in each run's own folder or in
     `latents` (those files brought to this machine). The runs must share model, clip, steps, weights and card.
     With `versus`, peer rows are also compared with this framework's rows there."""
+    if latents is not None and not latents.is_dir():
+        sys.exit(f"--latents {latents}: expected the folder the runs' --save-latents files were brought to")
     reports = [json.loads(p.read_text()) for p in paths]
     first = reports[0]
     for other in reports[1:]:

@@ -56,3 +56,12 @@ def test_merge_refuses_runs_made_on_different_cards(tmp_path):
         merge(paths, tmp_path / "merged.json")
     assert str(info.value) == "--merge: device differs between the runs (H100 vs H200)"
     assert not (tmp_path / "merged.json").exists()
+
+
+def test_merge_refuses_a_latents_folder_that_is_not_there(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({**SETUP, "command": "a", "rows": []}))
+    with pytest.raises(SystemExit) as info:
+        merge([tmp_path / "a.json"], tmp_path / "merged.json", latents=tmp_path / "absent")
+    assert str(info.value) == (f"--latents {tmp_path / 'absent'}: expected the folder the runs' --save-latents "
+                               "files were brought to")
+    assert not (tmp_path / "merged.json").exists()
